@@ -1,0 +1,159 @@
+"""LTX-Video (diffusers format: LTXPipeline, LTXVideoTransformer3DModel, AutoencoderKLLTXVideo, T5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reelora.models.common import flow_match_noise, load_kwargs, seeded, weights_hash
+from reelora.models.spec import ALL_COMPONENTS, Components
+
+# Shapes follow diffusers' own LTX pipeline tests, which are the smallest configs known to run.
+TINY_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+    decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+    decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+    decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False, False, False, False, False),
+    upsample_residual=(False, False, False, False), upsample_factor=(1, 1, 1, 1), timestep_conditioning=False,
+    patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+)
+TINY_TRANSFORMER = dict(
+    in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
+    cross_attention_dim=32, num_layers=2, caption_channels=32,
+)
+TINY_TEXT = dict(
+    vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+    relative_attention_max_distance=32, dropout_rate=0.0, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+    pad_token_id=0, eos_token_id=1,
+)
+TINY_MAX_TEXT_LEN = 32
+FRAME_RATE = 25  # LTXPipeline's default; the RoPE interpolation scale depends on it
+
+
+@dataclass
+class LTXSpec:
+    family: str = "ltx"
+    pipeline_class_name: str = "LTXPipeline"
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    max_text_len: int = 128
+
+    def load(self, source, *, dtype=torch.float32, device="cpu", components=ALL_COMPONENTS, revision=None):
+        from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        c = Components(family=self.family, source=source, revision=revision or weights_hash(source))
+        if "transformer" in components:
+            c.transformer = LTXVideoTransformer3DModel.from_pretrained(source, torch_dtype=dtype, **load_kwargs(source, "transformer", revision))
+        if "vae" in components:
+            c.vae = AutoencoderKLLTXVideo.from_pretrained(source, torch_dtype=dtype, **load_kwargs(source, "vae", revision))
+        if "text_encoder" in components:
+            c.text_encoder = T5EncoderModel.from_pretrained(source, torch_dtype=dtype, **load_kwargs(source, "text_encoder", revision))
+        if "tokenizer" in components:
+            c.tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs(source, "tokenizer", revision))
+        if "scheduler" in components:
+            c.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, **load_kwargs(source, "scheduler", revision))
+        for m in c.modules().values():
+            m.to(device).eval()
+        _record_ratios(c)
+        c.extra["max_text_len"] = min(self.max_text_len, getattr(c.tokenizer, "model_max_length", self.max_text_len) or self.max_text_len)
+        return c
+
+    def tiny(self, seed: int = 0, components=ALL_COMPONENTS) -> Components:
+        from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+        from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+        c = Components(family=self.family, source="tiny-ltx", revision=f"seed{seed}")
+        if "transformer" in components:
+            with seeded(seed * 1000 + 1):
+                c.transformer = LTXVideoTransformer3DModel(**TINY_TRANSFORMER).eval()
+        if "vae" in components:
+            with seeded(seed * 1000 + 2):
+                c.vae = AutoencoderKLLTXVideo(**TINY_VAE).eval()
+            # Framewise tiling paths assume real sizes; the tiny VAE encodes whole clips at once.
+            c.vae.use_framewise_encoding = False
+            c.vae.use_framewise_decoding = False
+        if "text_encoder" in components:
+            with seeded(seed * 1000 + 3):
+                c.text_encoder = T5EncoderModel(T5Config(**TINY_TEXT)).eval()
+        if "tokenizer" in components:
+            c.tokenizer = ByT5Tokenizer(model_max_length=TINY_MAX_TEXT_LEN)
+        if "scheduler" in components:
+            c.scheduler = FlowMatchEulerDiscreteScheduler()
+        _record_ratios(c)
+        c.extra["max_text_len"] = TINY_MAX_TEXT_LEN
+        return c
+
+    def _stats(self, vae, ref):
+        mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(ref.device, ref.dtype)
+        std = vae.latents_std.view(1, -1, 1, 1, 1).to(ref.device, ref.dtype)
+        return mean, std, float(vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def encode_video(self, comps, video, generator=None):
+        vae = comps.vae
+        x = video.permute(0, 2, 1, 3, 4).to(device=vae.device, dtype=vae.dtype)
+        dist = vae.encode(x).latent_dist
+        z = dist.sample(generator) if generator is not None else dist.mode()
+        mean, std, scale = self._stats(vae, z)
+        return (z - mean) * scale / std  # same as LTXPipeline._normalize_latents
+
+    @torch.no_grad()
+    def decode_latents(self, comps, latents):
+        vae = comps.vae
+        mean, std, scale = self._stats(vae, latents)
+        x = vae.decode(latents.to(vae.dtype) * std / scale + mean, return_dict=False)[0]
+        return x.clamp(-1, 1).permute(0, 2, 1, 3, 4)
+
+    @torch.no_grad()
+    def encode_prompt(self, comps, prompts):
+        max_len = comps.extra.get("max_text_len", self.max_text_len)
+        tok = comps.tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True,
+                              add_special_tokens=True, return_tensors="pt")
+        enc = comps.text_encoder
+        hidden = enc(tok.input_ids.to(enc.device))[0]
+        return {"prompt_embeds": hidden, "prompt_attention_mask": tok.attention_mask.to(enc.device)}
+
+    def forward(self, comps, transformer, latents, noise, sigmas, text):
+        from diffusers import LTXPipeline
+
+        noisy, target = flow_match_noise(latents, noise, sigmas)
+        b, _, f, h, w = latents.shape
+        cfg = transformer.config
+        packed = LTXPipeline._pack_latents(noisy, cfg.patch_size, cfg.patch_size_t)
+        dtype = next(transformer.parameters()).dtype
+        # The VAE compression ratios enter LTX's RoPE (as in LTXPipeline); recorded when loaded.
+        rt, rs = comps.extra.get("vae_ratios", (8, 32))
+        pred = transformer(
+            hidden_states=packed.to(dtype),
+            encoder_hidden_states=text["prompt_embeds"].to(dtype),
+            timestep=(sigmas * 1000.0).to(latents.device),
+            encoder_attention_mask=text["prompt_attention_mask"],
+            num_frames=f, height=h, width=w,
+            rope_interpolation_scale=(rt / FRAME_RATE, rs, rs),
+            return_dict=False,
+        )[0]
+        # Unpack tokens [B, S, C] back to [B, C, F, H, W] to compare with the unpacked target.
+        pred = pred.reshape(b, f, h, w, -1).permute(0, 4, 1, 2, 3)
+        return pred.float(), target.float()
+
+    def pipeline(self, comps):
+        from diffusers import LTXPipeline
+
+        return LTXPipeline(scheduler=comps.scheduler, vae=comps.vae, text_encoder=comps.text_encoder,
+                           tokenizer=comps.tokenizer, transformer=comps.transformer)
+
+
+def _record_ratios(c: Components) -> None:
+    if c.vae is not None:
+        c.extra["vae_ratios"] = (c.vae.temporal_compression_ratio, c.vae.spatial_compression_ratio)
+    elif "vae_ratios" not in c.extra:
+        # Cached training loads no VAE: read the ratios from its config instead.
+        from diffusers import AutoencoderKLLTXVideo
+
+        if c.source == "tiny-ltx":
+            cfg = TINY_VAE
+        else:
+            cfg = AutoencoderKLLTXVideo.load_config(c.source, subfolder="vae")
+        st = cfg.get("spatio_temporal_scaling", (True, True, True, False))
+        patch, patch_t = cfg.get("patch_size", 4), cfg.get("patch_size_t", 1)
+        c.extra["vae_ratios"] = (patch_t * 2 ** sum(st), patch * 2 ** sum(st))

@@ -1,0 +1,63 @@
+"""Model name / directory / hub id -> family spec, and one call to load a backbone."""
+from __future__ import annotations
+
+import torch
+
+from reelora.models.common import model_index
+from reelora.models.ltx import LTXSpec
+from reelora.models.spec import ALL_COMPONENTS, Components, ModelSpec
+from reelora.models.wan import WanSpec
+
+FAMILIES: dict[str, ModelSpec] = {"wan": WanSpec(), "ltx": LTXSpec()}
+TINY_PREFIX = "tiny-"
+
+
+def tiny_names() -> list[str]:
+    return [TINY_PREFIX + f for f in FAMILIES]
+
+
+def resolve(source: str, revision: str | None = None) -> ModelSpec:
+    """The spec for a built-in tiny name, a local diffusers directory or a hub id.
+
+    Raises:
+        ValueError: the name looks built-in but is not, or model_index.json names an unsupported pipeline.
+        FileNotFoundError: a directory/hub id without a readable model_index.json.
+    """
+    if source.startswith(TINY_PREFIX) and not _looks_like_path(source):
+        family = source[len(TINY_PREFIX):]
+        if family not in FAMILIES:
+            raise ValueError(f"unknown built-in model {source!r}; built-ins: {', '.join(tiny_names())}")
+        return FAMILIES[family]
+    index = model_index(source, revision)
+    cls = index.get("_class_name", "")
+    for spec in FAMILIES.values():
+        if cls == spec.pipeline_class_name:
+            return spec
+    known = ", ".join(f"{s.pipeline_class_name} ({f})" for f, s in FAMILIES.items())
+    raise ValueError(f"model {source!r}: model_index.json has _class_name={cls!r}; supported: {known}")
+
+
+def load_model(
+    source: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    components: tuple[str, ...] = ALL_COMPONENTS,
+    revision: str | None = None,
+    seed: int = 0,
+) -> tuple[ModelSpec, Components]:
+    """Resolve `source` and load the requested components (tiny names are built from `seed`)."""
+    spec = resolve(source, revision)
+    if source.startswith(TINY_PREFIX) and not _looks_like_path(source):
+        comps = spec.tiny(seed=seed, components=components)
+        for m in comps.modules().values():
+            # Tiny modules are built in fp32; the VAE stays fp32 (as real Wan loads it).
+            m.to(device)
+            if dtype != torch.float32 and m is not comps.vae:
+                m.to(dtype)
+        return spec, comps
+    return spec, spec.load(source, dtype=dtype, device=device, components=components, revision=revision)
+
+
+def _looks_like_path(source: str) -> bool:
+    return "/" in source or source.startswith(".")

@@ -1,0 +1,85 @@
+"""The contract every backbone family implements, and the bundle of loaded components.
+
+One small spec per family (finetrainers' ModelSpecification): how to load it, how to turn video and
+prompts into what the transformer sees, the flow-matching forward, the LoRA targets, and how to build
+the diffusers pipeline for sampling. Families compose shared helpers instead of inheriting behaviour.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass
+class Components:
+    """The pieces of a video diffusion backbone, as diffusers/transformers objects.
+
+    Any piece may be None when the caller asked for a subset (cached training needs no VAE).
+    """
+
+    family: str
+    source: str
+    """What was loaded: a built-in tiny name, a local directory or a hub id."""
+    transformer: Any = None
+    vae: Any = None
+    text_encoder: Any = None
+    tokenizer: Any = None
+    scheduler: Any = None
+    revision: str | None = None
+    """Hash or hub revision identifying the exact weights (recorded in adapter lineage)."""
+    extra: dict = field(default_factory=dict)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The torch modules present, by component name."""
+        names = ("transformer", "vae", "text_encoder")
+        return {n: getattr(self, n) for n in names if isinstance(getattr(self, n), torch.nn.Module)}
+
+
+ALL_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelSpec(Protocol):
+    """What train/, models/sample.py and the CLI need from a backbone family."""
+
+    family: str
+    pipeline_class_name: str
+    """The diffusers pipeline `_class_name` in model_index.json that selects this family."""
+    lora_targets: tuple[str, ...]
+    """Default peft `target_modules` (module-name suffixes inside the transformer)."""
+
+    def load(
+        self,
+        source: str,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        components: tuple[str, ...] = ALL_COMPONENTS,
+        revision: str | None = None,
+    ) -> Components:
+        """Load components from a local diffusers directory or hub id (hub respects HF_HUB_OFFLINE)."""
+
+    def tiny(self, seed: int = 0, components: tuple[str, ...] = ALL_COMPONENTS) -> Components:
+        """A small random-initialised backbone built offline, identical for a given seed in any process."""
+
+    def encode_video(self, comps: Components, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B, F, C, H, W] in [-1, 1] -> normalised latents as the transformer consumes them."""
+
+    def encode_prompt(self, comps: Components, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Prompts -> text conditioning tensors (batch first) for `forward`."""
+
+    def forward(
+        self, comps: Components, transformer: torch.nn.Module, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
+        text: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow-matching forward: noise latents at `sigmas` in [0, 1], return (prediction, target).
+
+        `transformer` is passed separately from `comps` because training hands in the peft/DDP-wrapped one.
+        """
+
+    def decode_latents(self, comps: Components, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> video [B, F, C, H, W] in [-1, 1]."""
+
+    def pipeline(self, comps: Components) -> Any:
+        """A diffusers pipeline over these components, for sampling."""

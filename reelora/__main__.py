@@ -1,0 +1,5 @@
+import sys
+
+from reelora.cli import main
+
+sys.exit(main())

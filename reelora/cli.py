@@ -1,0 +1,56 @@
+"""`reelora` command line: thin subcommands over reelora.data, reelora.models and reelora.train.
+
+Each package owns its subcommands in a `cli.py` with `register(subparsers)`; this file only wires
+them together, so adding a command never means editing three places.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from reelora import __version__
+
+# Modules that contribute subcommands, in the order they appear in --help.
+_COMMAND_MODULES = (
+    "reelora.models.cli",  # models show, sample
+    "reelora.data.cli",  # shards build/audit/takedown
+    "reelora.train.cli",  # cache
+    "reelora.models.sample_cli",  # sample
+    "reelora.research",  # base build, sweep, sufficiency
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reelora",
+        description="LoRA fine-tuning for open video diffusion models: licensed library -> shards -> "
+        "cache -> adapter -> styled clips with provenance. Training itself runs as "
+        "`accelerate launch train.py --config CFG`.",
+    )
+    parser.add_argument("--version", action="version", version=f"reelora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real missing dependency inside the module: surface it
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        # `reelora shards` without a subcommand: print that group's help
+        (getattr(args, "_group_parser", None) or parser).print_help()
+        return 2
+    rc = args.func(args)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
