@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from reelora import __version__
@@ -48,7 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         # `reelora shards` without a subcommand: print that group's help
         (getattr(args, "_group_parser", None) or parser).print_help()
         return 2
-    rc = args.func(args)
+    try:
+        rc = args.func(args)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        # Bad input is the user's to fix: say what and where, without a traceback
+        # (REELORA_DEBUG=1 shows it for bug reports).
+        if os.environ.get("REELORA_DEBUG"):
+            raise
+        print(f"reelora {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

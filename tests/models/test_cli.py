@@ -1,0 +1,53 @@
+"""The `reelora` front door and `reelora models show`."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reelora.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name,family,pipeline", [("tiny-wan", "wan", "WanPipeline"), ("tiny-ltx", "ltx", "LTXPipeline")])
+def test_models_show_json(name, family, pipeline, capsys):
+    assert main(["models", "show", name, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == family and info["pipeline"] == pipeline
+    assert set(info["components"]) == {"transformer", "vae", "text_encoder", "tokenizer", "scheduler"}
+    assert info["components"]["transformer"]["parameters"] > 10_000
+    # the default LoRA targets must actually hit modules of the backbone
+    assert info["lora_target_modules"] >= 8
+
+
+def test_models_show_text(capsys):
+    assert main(["models", "show", "tiny-wan"]) == 0
+    out = capsys.readouterr().out
+    assert "family=wan" in out and "WanTransformer3DModel" in out and "to_q" in out
+
+
+def test_console_script_help_offline():
+    exe = Path(sys.executable).with_name("reelora")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=env, check=True).stdout
+    assert "models" in out
+    bad = subprocess.run([str(exe), "models", "show", "tiny-nope"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "tiny-nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_group_without_subcommand_prints_help(capsys):
+    assert main(["models"]) == 2
+    assert "show" in capsys.readouterr().out
+
+
+def test_only_the_reelora_namespace_is_installed(tmp_path):
+    # Run from an empty dir so the repo root is not on sys.path: `data`/`models` must not be importable.
+    code = (
+        "import importlib.util as u, reelora.data, reelora.models, reelora.train;"
+        "print(u.find_spec('data') is None, u.find_spec('models') is None, u.find_spec('train') is None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.split() == ["True", "True", "True"]
