@@ -1,0 +1,1 @@
+"""reelora.data: licensed film library -> captioned clip shards with provenance, audit and takedown."""
