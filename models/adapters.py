@@ -1,0 +1,315 @@
+"""Reading LoRA adapter files safely, whatever trainer wrote them, and attaching them to a pipeline.
+
+Adapters come from our own training (diffusers format with lineage metadata) and from elsewhere:
+ComfyUI (`diffusion_model.` keys with `.alpha`) and musubi-tuner / sd-scripts (`lora_unet_` keys).
+Files from elsewhere are untrusted, so:
+
+- only safetensors are read. Pickle-based checkpoints (`.bin`, `.pt`, `.ckpt`, `torch.save` zips) are
+  refused by extension *and* by content, and nothing here ever calls `torch.load` or `pickle`;
+- every tensor is checked for NaN/inf, every key must name a Linear layer of the loaded backbone, and
+  every shape must fit that layer, all before the adapter touches the model.
+
+Key conversion from foreign formats is diffusers' own (the pipeline class's `lora_state_dict`);
+multi-adapter mixing and fusing is peft's, through the diffusers pipeline API.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Extensions of checkpoint formats that are (or wrap) pickles: refused without being opened.
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz"}
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
+# The LoraConfig fields worth recording in provenance (the full peft dict is ~40 mostly-null fields).
+LORA_CONFIG_FIELDS = ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern")
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+_KEY_RE = re.compile(r"^transformer\.(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias)$")
+
+
+class AdapterError(ValueError):
+    """An adapter file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Adapter:
+    """One LoRA adapter file, read, converted to diffusers keys and (after `validate`) checked."""
+
+    path: Path
+    scale: float
+    sha256: str
+    format: str
+    """'diffusers', 'peft' (diffusers keys without the `transformer.` prefix), 'comfyui' or 'musubi'."""
+    state_dict: dict[str, torch.Tensor]
+    """Diffusers keys: `transformer.<module>.lora_A.weight` / `lora_B.weight` (alpha already folded in)."""
+    lora_metadata: dict | None
+    """diffusers' `lora_adapter_metadata` (prefixed LoraConfig) to restore alpha/rank; None when folded in."""
+    lineage: dict = field(default_factory=dict)
+    """Every other safetensors header entry (base model, config, shard index hash, titles...), JSON decoded."""
+    name: str = ""
+
+    def provenance(self) -> dict:
+        """What a sidecar records about this adapter."""
+        return {
+            "path": str(self.path), "scale": self.scale, "sha256": self.sha256, "format": self.format,
+            "lora_config": lora_config_summary(self.lora_metadata, self.state_dict),
+            "lineage": self.lineage,
+        }
+
+
+def parse_lora_arg(text: str) -> tuple[str, float]:
+    """`PATH[:SCALE]` -> (path, scale); a trailing `:x` that is not a number stays part of the path."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def resolve_adapter_path(path: str | Path) -> Path:
+    """A file, or a training output / adapter directory holding `pytorch_lora_weights.safetensors`."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for candidate in (p / DIFFUSERS_WEIGHT_NAME, p / "adapter" / DIFFUSERS_WEIGHT_NAME):
+            if candidate.is_file():
+                return candidate
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) == 1:
+            return found[0]
+        listing = ", ".join(f.name for f in found) or "no .safetensors files"
+        raise AdapterError(f"adapter {p}: a directory without {DIFFUSERS_WEIGHT_NAME} ({listing}); pass the file itself")
+    if not p.is_file():
+        raise AdapterError(f"adapter {p}: no such file")
+    return p
+
+
+def check_safetensors_file(path: Path) -> None:
+    """Refuse anything that is not a safetensors file, without deserialising it.
+
+    Reads only the 8-byte header length and the first byte of the JSON header.
+
+    Raises:
+        AdapterError: pickle-based extension, pickle/zip content, or a malformed safetensors header.
+    """
+    why_pickle = ("reelora loads only .safetensors adapters, because unpickling a checkpoint can run arbitrary code. "
+                  "Convert it to safetensors in a trusted, isolated environment first.")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise AdapterError(f"adapter {path}: refusing a pickle-based checkpoint ({path.suffix}); {why_pickle}")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        raise AdapterError(f"adapter {path}: content is a pickle / torch.save archive, not safetensors; {why_pickle}")
+    if len(head) < 9:
+        raise AdapterError(f"adapter {path}: not a safetensors file (only {size} bytes)")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if header_len > min(_MAX_HEADER_BYTES, size - 8) or head[8:9] != b"{":
+        raise AdapterError(f"adapter {path}: not a safetensors file (bad header); {why_pickle}")
+
+
+def read_adapter(path: str | Path, scale: float = 1.0, family: str = "wan") -> Adapter:
+    """Read a safetensors LoRA, detect its format and convert its keys to diffusers' with diffusers' converters.
+
+    Args:
+        path: the adapter file, or a directory holding `pytorch_lora_weights.safetensors`.
+        scale: the weight this adapter gets when mixed (0 disables it exactly).
+        family: backbone family whose diffusers pipeline converts foreign key layouts ('wan', 'ltx').
+
+    Raises:
+        AdapterError: not safetensors, NaN/inf values, unknown or mixed key layout, failed conversion.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = resolve_adapter_path(path)
+    check_safetensors_file(p)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = dict(f.metadata() or {})
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterError(f"adapter {p}: unreadable safetensors file ({exc})") from exc
+    if not raw:
+        raise AdapterError(f"adapter {p}: contains no tensors")
+    for key, t in raw.items():
+        if not t.is_floating_point():
+            raise AdapterError(f"adapter {p}: tensor {key!r} has dtype {t.dtype}; LoRA weights must be floating point")
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise AdapterError(f"adapter {p}: tensor {key!r} contains {bad} NaN/inf value(s); refusing to sample with it")
+
+    fmt = detect_format(p, raw)
+    state_dict, lora_metadata = _to_diffusers(p, fmt, raw, header, family)
+    lineage = {k: _maybe_json(v) for k, v in header.items() if k not in ("format", LORA_METADATA_KEY)}
+    return Adapter(path=p, scale=float(scale), sha256=file_sha256(p), format=fmt, state_dict=state_dict,
+                   lora_metadata=lora_metadata, lineage=lineage)
+
+
+def detect_format(path: Path, state_dict: dict[str, torch.Tensor]) -> str:
+    """'diffusers', 'peft', 'comfyui' or 'musubi', from the key prefixes (all keys must agree)."""
+    prefixes = {
+        "comfyui": lambda k: k.startswith("diffusion_model."),
+        "musubi": lambda k: k.startswith("lora_unet_"),
+        "diffusers": lambda k: k.startswith("transformer."),
+    }
+    seen = {name for k in state_dict for name, test in prefixes.items() if test(k)}
+    if len(seen) > 1:
+        raise AdapterError(f"adapter {path}: mixes key layouts ({', '.join(sorted(seen))}); cannot tell how to map it")
+    if seen:
+        fmt = seen.pop()
+        stray = [k for k in state_dict if not prefixes[fmt](k)]
+        if stray:
+            raise AdapterError(f"adapter {path}: {fmt} layout but key {stray[0]!r} has another prefix "
+                               f"(text-encoder LoRAs are not supported)")
+        return fmt
+    if all(".lora_A." in k or ".lora_B." in k for k in state_dict):
+        return "peft"
+    example = next(iter(state_dict))
+    raise AdapterError(f"adapter {path}: unrecognised key layout (e.g. {example!r}); expected diffusers "
+                       "'transformer.*.lora_A.weight', ComfyUI 'diffusion_model.*' or musubi 'lora_unet_*' keys")
+
+
+def _to_diffusers(path, fmt, raw, header, family) -> tuple[dict[str, torch.Tensor], dict | None]:
+    metadata = None
+    if header.get(LORA_METADATA_KEY):
+        try:
+            metadata = json.loads(header[LORA_METADATA_KEY])
+        except json.JSONDecodeError as exc:
+            raise AdapterError(f"adapter {path}: header entry {LORA_METADATA_KEY!r} is not valid JSON ({exc})") from exc
+    if fmt == "peft":
+        return {f"transformer.{k}": v for k, v in raw.items()}, _prefixed(metadata)
+    if fmt == "diffusers":
+        return dict(raw), _prefixed(metadata)
+    # Foreign layouts: diffusers' converters fold each `.alpha` into the weights, so the rank/alpha
+    # metadata (if any) must not be applied a second time.
+    pipeline_cls = _pipeline_class(family)
+    try:
+        converted = pipeline_cls.lora_state_dict(dict(raw))
+    except Exception as exc:  # the converters raise bare KeyError/ValueError on missing pieces
+        raise AdapterError(f"adapter {path}: could not convert {fmt} keys for a {family} backbone "
+                           f"({type(exc).__name__}: {exc})") from exc
+    if isinstance(converted, tuple):
+        converted = converted[0]
+    return dict(converted), None
+
+
+def _prefixed(metadata: dict | None) -> dict | None:
+    """diffusers writes LoraConfig fields as `transformer.<field>`; accept a bare LoraConfig too."""
+    if metadata and not any(k.startswith("transformer.") for k in metadata):
+        return {f"transformer.{k}": v for k, v in metadata.items()}
+    return metadata
+
+
+def _pipeline_class(family: str):
+    import diffusers
+
+    names = {"wan": "WanPipeline", "ltx": "LTXPipeline"}
+    if family not in names:
+        raise AdapterError(f"no LoRA key converter for model family {family!r} (known: {', '.join(names)})")
+    return getattr(diffusers, names[family])
+
+
+def validate(adapter: Adapter, transformer: torch.nn.Module, model_name: str = "the backbone") -> None:
+    """Check every key names a Linear layer of `transformer` and every shape fits it.
+
+    Raises:
+        AdapterError: naming the adapter file, the key and what it expected.
+    """
+    p, cls = adapter.path, type(transformer).__name__
+    modules = dict(transformer.named_modules())
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in adapter.state_dict.items():
+        m = _KEY_RE.match(key)
+        if not m:
+            raise AdapterError(f"adapter {p}: key {key!r} is not a transformer LoRA weight "
+                               "(expected 'transformer.<module>.lora_A.weight' / 'lora_B.weight')")
+        parts.setdefault(m["module"], {})[m["part"]] = t
+    for name, pieces in parts.items():
+        layer = modules.get(name)
+        if layer is None:
+            raise AdapterError(f"adapter {p} does not match {model_name}: it targets module {name!r}, which "
+                               f"{cls} does not have (was it trained for another model family or size?)")
+        base = getattr(layer, "base_layer", layer)  # already wrapped by an earlier adapter
+        if not isinstance(base, torch.nn.Linear):
+            raise AdapterError(f"adapter {p}: module {name!r} is a {type(base).__name__}, not a Linear layer")
+        a, b = pieces.get("lora_A.weight"), pieces.get("lora_B.weight")
+        if a is None or b is None:
+            missing = "lora_A" if a is None else "lora_B"
+            raise AdapterError(f"adapter {p}: module {name!r} has no {missing} weight")
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != base.in_features or b.shape[0] != base.out_features \
+                or a.shape[0] != b.shape[1]:
+            raise AdapterError(
+                f"adapter {p} does not match {model_name}: module {name!r} is Linear({base.in_features} -> "
+                f"{base.out_features}) but lora_A is {tuple(a.shape)} and lora_B is {tuple(b.shape)} "
+                f"(expected (rank, {base.in_features}) and ({base.out_features}, rank))")
+        bias = pieces.get("lora_B.bias")
+        if bias is not None and tuple(bias.shape) != (base.out_features,):
+            raise AdapterError(f"adapter {p}: module {name!r} lora_B.bias is {tuple(bias.shape)}, "
+                               f"expected ({base.out_features},)")
+
+
+def attach(pipe: Any, adapters: list[Adapter], model_name: str = "the backbone") -> list[str]:
+    """Validate, load and mix `adapters` into `pipe.transformer` with their scales; returns adapter names.
+
+    Each adapter becomes a named peft adapter; `set_adapters` applies the scales (0 adds exactly
+    nothing, so scale 0 reproduces the base model bit for bit).
+    """
+    for a in adapters:  # all checks before any adapter is loaded: no half-modified backbone on error
+        validate(a, pipe.transformer, model_name)
+    names = []
+    for i, a in enumerate(adapters):
+        a.name = a.name or f"lora{i}"
+        pipe.load_lora_into_transformer(dict(a.state_dict), transformer=pipe.transformer, adapter_name=a.name,
+                                        metadata=a.lora_metadata, _pipeline=pipe)
+        names.append(a.name)
+    if names:
+        pipe.set_adapters(names, [a.scale for a in adapters])
+    return names
+
+
+def fuse(pipe: Any, names: list[str]) -> None:
+    """Merge the active adapters (at their set scales) into the base weights and drop the LoRA layers."""
+    if not names:
+        return
+    pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
+    # After fusing, the peft wrappers only cost time; unloading keeps the fused weights.
+    pipe.unload_lora_weights()
+
+
+def lora_config_summary(metadata: dict | None, state_dict: dict[str, torch.Tensor]) -> dict:
+    """Rank / alpha / targets, from the diffusers metadata when present, else inferred from the tensors."""
+    out: dict = {}
+    if metadata:
+        for k in LORA_CONFIG_FIELDS:
+            v = metadata.get(f"transformer.{k}")
+            if v not in (None, {}, []):
+                out[k] = v
+    if "r" not in out:
+        ranks = sorted({int(t.shape[0]) for k, t in state_dict.items() if k.endswith("lora_A.weight")})
+        out["r"] = ranks[0] if len(ranks) == 1 else ranks
+        out["alpha_folded_into_weights"] = True
+    out["modules"] = sum(1 for k in state_dict if k.endswith("lora_A.weight"))
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value

@@ -1,0 +1,407 @@
+"""Sampling: studio-style clips from prompts with zero or more LoRA adapters, reproducible, with provenance.
+
+The notebook API mirrors `reelora sample`:
+
+    from reelora.models.sample import Sampler, sample_clips
+
+    results = sample_clips("tiny-wan", ["a red fox in the snow"], loras=["out/adapter:0.8"], out="samples")
+
+    sampler = Sampler("tiny-wan", loras=[("out/adapter", 1.0)], fuse=True)
+    clip = sampler.generate("a red fox in the snow", seed=3)  # clip.frames: uint8 [F, H, W, 3]
+    sampler.save(clip, "samples")                           # samples/<name>.mp4 + <name>.json
+
+Each clip is the diffusers pipeline of the model's spec, run with a CPU `torch.Generator` seeded from
+the request, so the same model, adapters, prompt, seed and settings give identical frames.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from reelora.models import adapters as adapter_io
+from reelora.models import media
+
+log = logging.getLogger(__name__)
+
+# Defaults per family: the settings the released checkpoints were tuned for, and small ones for the
+# built-in tiny backbones (which only exist for tests and demos).
+FAMILY_DEFAULTS = {
+    "wan": dict(num_frames=81, height=480, width=832, steps=50, guidance=5.0, fps=16.0),
+    "ltx": dict(num_frames=121, height=480, width=704, steps=50, guidance=3.0, fps=24.0),
+}
+TINY_DEFAULTS = {
+    "wan": dict(num_frames=9, height=32, width=32, steps=4, guidance=5.0, fps=8.0),
+    "ltx": dict(num_frames=9, height=32, width=32, steps=4, guidance=3.0, fps=8.0),
+}
+# Height/width multiples that WanPipeline.check_inputs / LTXPipeline.check_inputs insist on.
+SIZE_MULTIPLE = {"wan": 16, "ltx": 32}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class ClipRequest:
+    """One clip to sample. None fields take the sampler's defaults for the model family."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int = 0
+    """Seeds a CPU torch.Generator for the initial noise: same seed + settings -> same frames."""
+    num_frames: int | None = None
+    """Frames to generate; `num_frames - 1` must be a multiple of the VAE's temporal compression."""
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    """Denoising steps."""
+    guidance: float | None = None
+    """Classifier-free guidance scale (<= 1 disables the negative branch)."""
+    fps: float | None = None
+    """Frame rate of the written mp4 (playback only; does not change the frames)."""
+    name: str | None = None
+    """Output file stem; default `<index>-<prompt slug>`."""
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "request") -> "ClipRequest":
+        """Build from a JSON object; accepts `frames` for num_frames and `size` as 'HxW' or [H, W].
+
+        Raises:
+            ValueError: unknown keys or a missing prompt, naming `where` (e.g. 'prompts.jsonl:3').
+        """
+        data = dict(data)
+        if "frames" in data:
+            data["num_frames"] = data.pop("frames")
+        if "size" in data:
+            data["height"], data["width"] = _parse_size(data.pop("size"), where)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: "
+                             f"{', '.join(sorted(known | {'frames', 'size'}))}")
+        if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
+            raise ValueError(f"{where}: needs a non-empty 'prompt' string")
+        return cls(**data)
+
+
+@dataclass
+class Clip:
+    """A sampled clip: uint8 frames [F, H, W, 3], the fully resolved request, and its provenance record."""
+
+    frames: np.ndarray
+    request: ClipRequest
+    provenance: dict
+
+
+@dataclass
+class SampleResult:
+    """Where one clip was written."""
+
+    name: str
+    mp4: Path
+    sidecar: Path
+    provenance: dict = field(repr=False)
+
+
+class Sampler:
+    """A backbone with its adapters attached, ready to sample many clips.
+
+    Args:
+        model: `tiny-wan`, `tiny-ltx`, a local diffusers directory, or a hub id (already cached when offline).
+        loras: adapters as 'PATH[:SCALE]' strings or (path, scale) pairs; a directory means its
+            `pytorch_lora_weights.safetensors`. Scales mix them; scale 0 reproduces the base exactly.
+        fuse: merge the adapters into the weights (faster; same frames within float tolerance).
+        device: 'cuda', 'cpu', ...; default cuda when available.
+        dtype: transformer/text-encoder dtype; default bfloat16 on GPU, float32 on CPU.
+        cpu_offload: diffusers `enable_model_cpu_offload` (GPU only; ignored with a warning on CPU).
+        vae_tiling: diffusers `vae.enable_tiling()` (decode large frames tile by tile).
+        vae_slicing: diffusers `vae.enable_slicing()` (decode a batch one sample at a time).
+        progress: show tqdm bars over clips and denoising steps.
+        model_seed: seed that builds a built-in tiny backbone (must match the one the adapter trained on).
+
+    Raises:
+        AdapterError: an adapter that is not safetensors, has NaN/inf, or does not fit the backbone.
+    """
+
+    def __init__(self, model: str, loras: Iterable[str | tuple[str, float]] = (), *, fuse: bool = False,
+                 device: str | None = None, dtype: str | torch.dtype | None = None, cpu_offload: bool = False,
+                 vae_tiling: bool = False, vae_slicing: bool = False, progress: bool = True, model_seed: int = 0):
+        from reelora.models.registry import load_model, resolve
+
+        self.model = model
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = _dtype(dtype, self.device)
+        self.progress = progress
+        spec = resolve(model)
+        # Adapters are read and checked for format/NaN before the (possibly large) backbone loads.
+        self.adapters = [adapter_io.read_adapter(p, s, spec.family) for p, s in (_lora_pair(x) for x in loras)]
+
+        offload = cpu_offload and self.device.type != "cpu"
+        if cpu_offload and not offload:
+            log.warning("cpu_offload ignored: the model already runs on the CPU")
+        self.spec, self.comps = load_model(model, dtype=self.dtype, device="cpu" if offload else self.device,
+                                           seed=model_seed)
+        self.pipe = self.spec.pipeline(self.comps)
+        self.adapter_names = adapter_io.attach(self.pipe, self.adapters, model_name=model)
+        self.fused = bool(fuse and self.adapter_names)
+        if self.fused:
+            adapter_io.fuse(self.pipe, self.adapter_names)
+        self.memory = {"cpu_offload": offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing}
+        if offload:
+            self.pipe.enable_model_cpu_offload(device=self.device)
+        if vae_tiling:
+            self.pipe.vae.enable_tiling()
+        if vae_slicing:
+            self.pipe.vae.enable_slicing()
+        self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps", position=1)
+        tiny = model.startswith("tiny-") and not Path(model).exists()
+        self.defaults = dict((TINY_DEFAULTS if tiny else FAMILY_DEFAULTS)[self.spec.family])
+
+    # -- one clip -----------------------------------------------------------------------------------------
+
+    def resolve(self, request: ClipRequest | str, **overrides: Any) -> ClipRequest:
+        """Fill unset fields from the family defaults and check frames/size fit the backbone.
+
+        Raises:
+            ValueError: naming the clip and the setting that does not fit.
+        """
+        req = ClipRequest(prompt=request) if isinstance(request, str) else request
+        req = replace(req, **overrides)
+        filled = {k: (getattr(req, k) if getattr(req, k) is not None else v) for k, v in self.defaults.items()}
+        req = replace(req, **filled)
+        where = f"clip {req.name or repr(req.prompt[:40])}"
+        t_ratio, s_mult = self._granularity()
+        if req.num_frames < 1 or (req.num_frames - 1) % t_ratio:
+            raise ValueError(f"{where}: num_frames={req.num_frames} does not fit {self.model}; it must be "
+                             f"1 + a multiple of {t_ratio} (e.g. {t_ratio + 1}, {2 * t_ratio + 1}, {4 * t_ratio + 1})")
+        for key in ("height", "width"):
+            v = getattr(req, key)
+            if v < s_mult or v % s_mult:
+                raise ValueError(f"{where}: {key}={v} must be a positive multiple of {s_mult} for {self.model}")
+        if req.steps < 1:
+            raise ValueError(f"{where}: steps must be >= 1, got {req.steps}")
+        if req.fps <= 0:
+            raise ValueError(f"{where}: fps must be > 0, got {req.fps}")
+        if req.name is not None and not _NAME_RE.match(req.name):
+            raise ValueError(f"{where}: name {req.name!r} must be a plain file stem (letters, digits, . _ -)")
+        return req
+
+    @torch.no_grad()
+    def generate(self, request: ClipRequest | str, **overrides: Any) -> Clip:
+        """Sample one clip. `overrides` are ClipRequest fields (seed=, num_frames=, ...)."""
+        req = self.resolve(request, **overrides)
+        started = time.time()
+        # A CPU generator gives the same initial noise on every device (diffusers moves it over).
+        generator = torch.Generator("cpu").manual_seed(int(req.seed))
+        out = self.pipe(
+            prompt=req.prompt, negative_prompt=req.negative_prompt, num_frames=req.num_frames,
+            height=req.height, width=req.width, num_inference_steps=req.steps, guidance_scale=req.guidance,
+            generator=generator, output_type="np",
+            # Wan's cross-attention sees the padding: sample at the text length the model trained with.
+            max_sequence_length=self.comps.extra["max_text_len"],
+        )
+        frames = media.to_uint8(np.asarray(out.frames[0]))
+        return Clip(frames=frames, request=req, provenance=self.provenance(req, started))
+
+    def save(self, clip: Clip, out_dir: str | Path, name: str | None = None) -> SampleResult:
+        """Write `<out_dir>/<name>.mp4` (H.264, provenance in its tags) and `<name>.json` beside it."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        name = name or clip.request.name or _slug_name(0, clip.request.prompt)
+        prov = {**clip.provenance, "name": name, "file": f"{name}.mp4"}
+        mp4 = media.write_mp4(out / f"{name}.mp4", clip.frames, clip.request.fps, provenance=prov)
+        sidecar = out / f"{name}.json"
+        sidecar.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+        return SampleResult(name=name, mp4=mp4, sidecar=sidecar, provenance=prov)
+
+    # -- many clips ---------------------------------------------------------------------------------------
+
+    def run(self, requests: Sequence[ClipRequest], out_dir: str | Path, contact_sheet: bool = True) -> list[SampleResult]:
+        """Sample and save every request (progress bar over clips), then write `contact_sheet.png`."""
+        from tqdm.auto import tqdm
+
+        resolved = [self.resolve(r) for r in requests]  # fail on a bad line before sampling anything
+        names = _unique_names(resolved)
+        results, sheet = [], []
+        for req, name in tqdm(list(zip(resolved, names)), desc="clips", disable=not self.progress, position=0):
+            clip = self.generate(req)
+            results.append(self.save(clip, out_dir, name=name))
+            sheet.append((f"{name}: {req.prompt}", clip.frames))
+        if contact_sheet and sheet:
+            media.contact_sheet(Path(out_dir) / "contact_sheet.png", sheet)
+        return results
+
+    # -- provenance -----------------------------------------------------------------------------------------
+
+    def provenance(self, req: ClipRequest, started: float) -> dict:
+        """The record written beside each clip and into its mp4 tags."""
+        import diffusers
+        import peft
+
+        from reelora import __version__
+
+        sched = self.pipe.scheduler
+        return {
+            "prompt": req.prompt,
+            "negative_prompt": req.negative_prompt,
+            "seed": req.seed,
+            "steps": req.steps,
+            "guidance": req.guidance,
+            "size": {"height": req.height, "width": req.width},
+            "frames": req.num_frames,
+            "fps": req.fps,
+            "scheduler": {"class": type(sched).__name__, "config": _jsonable({k: v for k, v in sched.config.items() if not k.startswith("_")})},
+            "base_model": {"id": self.model, "family": self.spec.family, "revision": self.comps.revision,
+                           "pipeline": type(self.pipe).__name__},
+            "adapters": [a.provenance() for a in self.adapters],
+            "fused": self.fused,
+            "memory": self.memory,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "reelora_version": __version__,
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__},
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "duration_s": round(time.time() - started, 3),
+        }
+
+    def _granularity(self) -> tuple[int, int]:
+        """(temporal compression, height/width multiple) of this pipeline."""
+        pipe = self.pipe
+        t_ratio = getattr(pipe, "vae_scale_factor_temporal", None) or getattr(pipe, "vae_temporal_compression_ratio", 1)
+        return int(t_ratio), SIZE_MULTIPLE.get(self.spec.family, 16)
+
+
+def sample_clips(model: str, prompts: str | Sequence[str | dict | ClipRequest] | None = None, *,
+                 prompts_file: str | Path | None = None, loras: Iterable[str | tuple[str, float]] = (),
+                 out: str | Path = "samples", negative_prompt: str | None = None, seed: int = 0,
+                 num_frames: int | None = None, height: int | None = None, width: int | None = None,
+                 steps: int | None = None, guidance: float | None = None, fps: float | None = None,
+                 fuse: bool = False, contact_sheet: bool = True, **sampler_kwargs: Any) -> list[SampleResult]:
+    """`reelora sample` as a function: sample every prompt, write mp4 + JSON sidecars + contact sheet to `out`.
+
+    Args:
+        prompts: one prompt, or a list of prompts / dicts (JSONL-style overrides) / ClipRequests.
+        prompts_file: plain text (one prompt per line) or JSONL (see `read_prompts`), instead of `prompts`.
+        The remaining settings are the defaults for every prompt (a file line or dict may override them);
+        `sampler_kwargs` go to `Sampler` (device, dtype, cpu_offload, vae_tiling, vae_slicing, progress).
+    """
+    if (prompts is None) == (prompts_file is None):
+        raise ValueError("give exactly one of prompts or prompts_file")
+    base = dict(negative_prompt=negative_prompt, seed=seed, num_frames=num_frames, height=height, width=width,
+                steps=steps, guidance=guidance, fps=fps)
+    requests = read_prompts(prompts_file, base) if prompts_file is not None else build_requests(prompts, base)
+    sampler = Sampler(model, loras, fuse=fuse, **sampler_kwargs)
+    return sampler.run(requests, out, contact_sheet=contact_sheet)
+
+
+def build_requests(prompts: str | Sequence[str | dict | ClipRequest], base: dict) -> list[ClipRequest]:
+    """Prompts (strings, override dicts or ClipRequests) -> requests with `base` settings underneath."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, ClipRequest):
+            out.append(p)
+        elif isinstance(p, dict):
+            out.append(ClipRequest.from_dict({**base, **p}, where=f"prompts[{i}]"))
+        else:
+            out.append(ClipRequest.from_dict({**base, "prompt": p}, where=f"prompts[{i}]"))
+    if not out:
+        raise ValueError("no prompts given")
+    return out
+
+
+def read_prompts(path: str | Path, base: dict | None = None) -> list[ClipRequest]:
+    """A prompts file: plain text (one prompt per line; blank lines and `#` comments skipped), or JSONL.
+
+    JSONL (a `.jsonl` file, or every line starting with `{`): one object per line with `prompt` and
+    optional overrides `negative_prompt`, `seed`, `frames`/`num_frames`, `size` ('HxW' or [H, W]) or
+    `height`/`width`, `steps`, `guidance`, `fps`, `name`.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    base = {k: v for k, v in (base or {}).items() if v is not None}
+    lines = [(n, line.strip()) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+    lines = [(n, s) for n, s in lines if s and not s.startswith("#")]
+    if not lines:
+        raise ValueError(f"prompts file {path} has no prompts")
+    jsonl = path.suffix.lower() == ".jsonl" or all(s.startswith("{") for _, s in lines)
+    requests = []
+    for n, s in lines:
+        where = f"{path}:{n}"
+        if jsonl:
+            try:
+                obj = json.loads(s)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: each JSONL line must be an object with a 'prompt'")
+            requests.append(ClipRequest.from_dict({**base, **obj}, where=where))
+        else:
+            requests.append(ClipRequest.from_dict({**base, "prompt": s}, where=where))
+    return requests
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+def _lora_pair(x: str | tuple[str, float] | Path) -> tuple[str, float]:
+    if isinstance(x, (tuple, list)):
+        path, scale = x
+        return str(path), float(scale)
+    return adapter_io.parse_lora_arg(str(x))
+
+
+def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def _parse_size(size: Any, where: str) -> tuple[int, int]:
+    if isinstance(size, str) and re.fullmatch(r"\d+x\d+", size.strip().lower()):
+        h, w = size.strip().lower().split("x")
+        return int(h), int(w)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return int(size[0]), int(size[1])
+    raise ValueError(f"{where}: size must be 'HxW' (e.g. '480x832') or [H, W], got {size!r}")
+
+
+def _slug_name(index: int, prompt: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].rstrip("-")
+    return f"{index:03d}-{slug or 'clip'}"
+
+
+def _unique_names(requests: Sequence[ClipRequest]) -> list[str]:
+    names = [r.name or _slug_name(i, r.prompt) for i, r in enumerate(requests)]
+    seen: dict[str, int] = {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+    dup = sorted(n for n, c in seen.items() if c > 1)
+    if dup:
+        raise ValueError(f"two clips would be written as {dup[0]}.mp4; give them distinct 'name's")
+    return names
+
+
+def _jsonable(value: Any) -> Any:
+    """Scheduler configs hold tuples, numpy scalars and the like: make them plain JSON."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+__all__ = ["Sampler", "ClipRequest", "Clip", "SampleResult", "sample_clips", "read_prompts", "build_requests"]
