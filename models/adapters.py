@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,8 +268,11 @@ def attach(pipe: Any, adapters: list[Adapter], model_name: str = "the backbone")
     names = []
     for i, a in enumerate(adapters):
         a.name = a.name or f"lora{i}"
-        pipe.load_lora_into_transformer(dict(a.state_dict), transformer=pipe.transformer, adapter_name=a.name,
-                                        metadata=a.lora_metadata, _pipeline=pipe)
+        with warnings.catch_warnings():
+            # peft warns that a second adapter makes a multi-adapter model: that is the point here.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            pipe.load_lora_into_transformer(dict(a.state_dict), transformer=pipe.transformer, adapter_name=a.name,
+                                            metadata=a.lora_metadata, _pipeline=pipe)
         names.append(a.name)
     if names:
         pipe.set_adapters(names, [a.scale for a in adapters])
