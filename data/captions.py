@@ -1,0 +1,139 @@
+"""Captions for clips: sidecar file, else a vision-language model (optional), else a template.
+
+Every caption goes through `clean_caption` (valid UTF-8, one line, collapsed whitespace, length
+cap on a word boundary) before it reaches a shard.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_caption(text: str, max_chars: int = 300) -> str:
+    """Normalise a caption: NFC, no control characters, single spaces, at most `max_chars`."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    text = unicodedata.normalize("NFC", text)
+    # lone surrogates can't be encoded as UTF-8: replace them rather than fail at write time
+    text = text.encode("utf-8", errors="replace").decode("utf-8")
+    text = _CONTROL.sub(" ", text)
+    text = " ".join(text.split())
+    if len(text) > max_chars:
+        cut = text[:max_chars]
+        space = cut.rfind(" ")
+        text = (cut[:space] if space > max_chars // 2 else cut).rstrip(" ,;:-")
+    return text
+
+
+@dataclass(frozen=True)
+class SidecarEntry:
+    start: float
+    end: float
+    caption: str
+
+
+def load_sidecar(path: Path) -> tuple[list[SidecarEntry], list[str]]:
+    """Read a JSONL caption sidecar; bad lines are skipped and reported, never fatal.
+
+    Returns:
+        (entries sorted by start, problems as "FILE:LINE: reason" strings)
+    """
+    entries, problems = [], []
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [], [f"{path}: cannot read caption sidecar: {exc.strerror or exc}"]
+    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            start, end, caption = float(obj["start"]), float(obj["end"]), str(obj["caption"])
+            if not end > start:
+                raise ValueError("end must be after start")
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{path}:{n}: skipped caption line ({type(exc).__name__}: {exc})")
+            continue
+        entries.append(SidecarEntry(start, end, caption))
+    return sorted(entries, key=lambda e: (e.start, e.end)), problems
+
+
+def sidecar_caption(entries: list[SidecarEntry], start: float, end: float) -> str | None:
+    """The sidecar caption that covers most of [start, end), if it covers at least half of it."""
+    best, best_overlap = None, 0.0
+    for e in entries:
+        overlap = min(end, e.end) - max(start, e.start)
+        if overlap > best_overlap + 1e-9:
+            best, best_overlap = e, overlap
+    if best is not None and best_overlap >= 0.5 * (end - start) - 1e-9:
+        return best.caption
+    return None
+
+
+def template_caption(trigger: str, title: str, description: str) -> str:
+    """"exp style, Big Buck Bunny: animated short, green meadow" from the title metadata."""
+    body = ": ".join(p for p in (title.strip(), description.strip()) if p)
+    return ", ".join(p for p in (trigger.strip(), body) if p)
+
+
+def with_trigger(trigger: str, caption: str) -> str:
+    """Put the trigger token first unless the caption already has it."""
+    trigger = trigger.strip()
+    if not trigger or caption.lower().startswith(trigger.lower()):
+        return caption
+    return f"{trigger}, {caption}"
+
+
+class VLMCaptioner:
+    """Caption a clip's middle frame with an image-to-text model from transformers.
+
+    Works with any model that `AutoModelForImageTextToText` (or the older Vision2Seq auto class)
+    and `AutoProcessor` load, e.g. BLIP (`Salesforce/blip-image-captioning-base`) or a local
+    directory. Loading honours HF_HUB_OFFLINE, so point it at a local path on offline machines.
+    """
+
+    def __init__(self, model: str, prompt: str = "", max_new_tokens: int = 30, device: str = "cpu"):
+        import torch
+        import transformers
+
+        self.prompt = prompt
+        self.max_new_tokens = max_new_tokens
+        self.device = device
+        try:
+            self.processor = transformers.AutoProcessor.from_pretrained(model)
+        except Exception as exc:
+            raise RuntimeError(f"captioner model {model!r}: cannot load its processor: {exc}") from exc
+        last_exc = None
+        for name in ("AutoModelForImageTextToText", "AutoModelForVision2Seq"):
+            auto = getattr(transformers, name, None)
+            if auto is None:
+                continue
+            try:
+                self.model = auto.from_pretrained(model).to(device).eval()
+                break
+            except Exception as exc:  # try the next auto class
+                last_exc = exc
+        else:
+            raise RuntimeError(f"captioner model {model!r}: cannot load an image-to-text model: {last_exc}")
+        torch.manual_seed(0)
+
+    def __call__(self, frames: np.ndarray) -> str:
+        import torch
+        from PIL import Image
+
+        image = Image.fromarray(frames[len(frames) // 2])
+        kwargs = {"text": self.prompt} if self.prompt else {}
+        inputs = self.processor(images=image, return_tensors="pt", **kwargs).to(self.device)
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        text = self.processor.batch_decode(out, skip_special_tokens=True)[0]
+        if self.prompt and text.startswith(self.prompt):
+            text = text[len(self.prompt):]
+        return text
