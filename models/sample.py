@@ -148,6 +148,9 @@ class Sampler:
         self.spec, self.comps = load_model(model, dtype=self.dtype, device="cpu" if offload else self.device,
                                            seed=model_seed)
         self.pipe = self.spec.pipeline(self.comps)
+        self.warnings = [w for a in self.adapters for w in _lineage_mismatch(a, model, self.comps.revision)]
+        for w in self.warnings:
+            log.warning(w)
         self.adapter_names = adapter_io.attach(self.pipe, self.adapters, model_name=model)
         self.fused = bool(fuse and self.adapter_names)
         if self.fused:
@@ -261,6 +264,7 @@ class Sampler:
                            "pipeline": type(self.pipe).__name__},
             "adapters": [a.provenance() for a in self.adapters],
             "fused": self.fused,
+            "warnings": self.warnings,
             "memory": self.memory,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -360,6 +364,21 @@ def _lora_pair(x: str | tuple[str, float] | Path) -> tuple[str, float]:
         path, scale = x
         return str(path), float(scale)
     return adapter_io.parse_lora_arg(str(x))
+
+
+def _lineage_mismatch(adapter: adapter_io.Adapter, model: str, revision: str | None) -> list[str]:
+    """Warnings when an adapter's recorded base model differs from the one it is sampled on.
+
+    Not an error: a local copy of the same weights has another path, and styles often transfer.
+    """
+    out = []
+    base, base_rev = adapter.lineage.get("reelora.base_model"), adapter.lineage.get("reelora.base_revision")
+    if base and base != model:
+        out.append(f"adapter {adapter.path} was trained on {base!r}, sampling on {model!r}")
+    elif base_rev and revision and base_rev != revision:
+        out.append(f"adapter {adapter.path} was trained on {base!r} revision {base_rev!r}, "
+                   f"this backbone is revision {revision!r}")
+    return out
 
 
 def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -184,3 +184,11 @@ def test_cli(tmp_path, adapters, capsys):
     rc = main(["sample", "--model", "tiny-wan", "--prompt", "x", "--lora", str(evil), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "refusing a pickle-based checkpoint" in err and "evil.pt" in err
+
+
+def test_base_model_mismatch_is_warned_and_recorded(adapters, caplog):
+    assert Sampler("tiny-wan", [adapters["wan"]], progress=False).warnings == []
+    s = Sampler("tiny-wan", [adapters["wan"]], progress=False, model_seed=1)  # another tiny-wan than trained on
+    assert len(s.warnings) == 1 and "revision 'seed0'" in s.warnings[0] and "'seed1'" in s.warnings[0]
+    assert s.warnings[0] in caplog.text
+    assert s.generate(PROMPT, **WAN).provenance["warnings"] == s.warnings
