@@ -200,6 +200,11 @@ def _stage(title: mf.Title, cfg: BuildConfig, trigger: str, tdir: Path, result: 
     decoded = len(source_times)
     if decoded == 0:
         raise video.MediaError(f"no decodable frames ({report.error or 'empty video stream'})")
+    if info.declared_duration > info.duration + 0.5:
+        result["warnings"].append(
+            f"file holds {info.duration:.2f}s of the {info.declared_duration:.2f}s its header declares "
+            "(truncated?); clips were cut from the readable part"
+        )
     if report.stopped_at is not None:
         result["warnings"].append(
             f"decoding stopped at {decoded / fps:.2f}s of {info.duration:.2f}s ({report.error}); "

@@ -51,6 +51,8 @@ class ProbeInfo:
     """Display rotation in degrees (counter-clockwise) from the container's display matrix."""
     decoder: str
     """"decord" or "pyav": which decoder reads this file."""
+    declared_duration: float = 0.0
+    """Duration the container header claims (more than `duration` for a truncated file)."""
     decord_error: str = ""
     """Why decord was not chosen, when it wasn't."""
 
@@ -153,12 +155,22 @@ def _probe_child(path: str) -> None:
                 duration = float(stream.duration * stream.time_base)
             elif container.duration is not None:
                 duration = container.duration / 1_000_000
+            # Demux (no decoding) to count the packets really there: headers of truncated files
+            # promise more than the file holds, and decord then invents the missing frames.
+            packets, span = _demux_count(container, stream)
+            if packets == 0:
+                emit({"stage": "pyav", "error": "video stream has no packets"})
+                return
+            declared = duration
+            if span is not None and (not duration or span < duration):
+                duration = span
             info = {
                 "width": w,
                 "height": h,
                 "duration": float(duration or 0.0),
+                "declared_duration": float(declared or 0.0),
                 "fps": float(rate) if rate else 0.0,
-                "num_frames": int(stream.frames or 0),
+                "num_frames": packets,
                 "codec": stream.codec_context.name,
                 "pix_fmt": str(stream.codec_context.pix_fmt),
                 "rotation": rotation,
@@ -175,12 +187,44 @@ def _probe_child(path: str) -> None:
         n = len(vr)
         if n == 0:
             raise RuntimeError("decord sees no frames")
+        if n > info["num_frames"] + 1:
+            raise RuntimeError(f"decord counts {n} frames but the file holds {info['num_frames']} "
+                               "(truncated or broken index)")
         vr.get_frame_timestamp(list(range(n)))
         vr[0]
         vr[n - 1]  # a truncated file fails here rather than halfway through a build
         emit({"stage": "decord", "frames": n})
     except Exception as exc:
         emit({"stage": "decord", "error": f"{type(exc).__name__}: {exc}"[:300]})
+
+
+def _demux_count(container, stream) -> tuple[int, float | None]:
+    """(packets of `stream`, seconds from the first packet's start to the end of the last one).
+
+    Packets without a duration (AVI, some raw streams) are given the median spacing of the
+    packet timestamps, which is what they are shown for.
+    """
+    import av
+
+    count, starts, ends = 0, [], []
+    container.seek(0)
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            count += 1
+            if packet.pts is not None and packet.time_base is not None:
+                t0 = float(packet.pts * packet.time_base)
+                starts.append(t0)
+                ends.append(t0 + float(packet.duration * packet.time_base) if packet.duration else None)
+    except av.error.FFmpegError:
+        pass  # a truncated file ends here; what was read counts
+    if not starts:
+        return count, None
+    gaps = np.diff(np.unique(starts))
+    typical = float(np.median(gaps)) if len(gaps) else 0.0
+    end = max(e if e is not None else s + typical for s, e in zip(starts, ends))
+    return count, end - min(starts)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -241,7 +285,7 @@ def _read_decord(info, fps, wanted, transform, report, chunk):
                 report.stopped_at, report.error = float(ks[0] / fps), f"decord: {exc}"[:300]
             return
         for k, j, b in zip(ks, idx, inverse):
-            yield k, float(starts[j]), transform(batch[b])
+            yield k, round(float(starts[j]), 6), transform(batch[b])
 
 
 def _read_pyav(info, fps, wanted, transform, report):
@@ -265,7 +309,7 @@ def _read_pyav(info, fps, wanted, transform, report):
                 t -= first_time
                 # every grid point before this frame's time shows the previous frame
                 while prev is not None and pos < len(wanted) and wanted[pos] / fps < t - _EPS:
-                    yield wanted[pos], prev[0], transform(_to_rgb(prev[1]))
+                    yield wanted[pos], round(prev[0], 6), transform(_to_rgb(prev[1]))
                     pos += 1
                 if pos >= len(wanted):
                     return
@@ -279,7 +323,7 @@ def _read_pyav(info, fps, wanted, transform, report):
     if prev is not None:
         end = prev[0] + 1.0 / max(info.fps, 1.0)
         while pos < len(wanted) and wanted[pos] / fps < end - _EPS:
-            yield wanted[pos], prev[0], transform(_to_rgb(prev[1]))
+            yield wanted[pos], round(prev[0], 6), transform(_to_rgb(prev[1]))
             pos += 1
 
 

@@ -147,6 +147,8 @@ def make_video(
         stream.options = {"crf": str(crf), "preset": "ultrafast"}
         if codec == "libx265":
             stream.options["x265-params"] = "log-level=error"
+    elif codec not in ("gif",):
+        stream.bit_rate = 4_000_000  # default rates of mpeg4/vp9 smear the clock strip
     if rotate:
         stream.set_display_rotation(rotate)
     audio_stream = container.add_stream("aac", rate=16000) if audio else None
