@@ -1,6 +1,9 @@
 """Research tools: the tiny pretrained base, rank sweeps, data sufficiency (subcommands registered here)."""
 import argparse
 
+from reelora.research import base
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Nothing registered yet; sibling modules add `base`, `sweep`, `sufficiency`."""
+    """`reelora base ...` (sweep and sufficiency register here as they land)."""
+    base.register(sub)
