@@ -129,7 +129,7 @@ class Sampler:
         AdapterError: an adapter that is not safetensors, has NaN/inf, or does not fit the backbone.
     """
 
-    def __init__(self, model: str, loras: Iterable[str | tuple[str, float]] = (), *, fuse: bool = False,
+    def __init__(self, model: str, loras: str | Path | Iterable[str | Path | tuple[str, float]] = (), *, fuse: bool = False,
                  device: str | None = None, dtype: str | torch.dtype | None = None, cpu_offload: bool = False,
                  vae_tiling: bool = False, vae_slicing: bool = False, progress: bool = True, model_seed: int = 0):
         from reelora.models.registry import load_model, resolve
@@ -139,6 +139,8 @@ class Sampler:
         self.dtype = _dtype(dtype, self.device)
         self.progress = progress
         spec = resolve(model)
+        if isinstance(loras, (str, Path)):  # one adapter given bare, not in a list
+            loras = [loras]
         # Adapters are read and checked for format/NaN before the (possibly large) backbone loads.
         self.adapters = [adapter_io.read_adapter(p, s, spec.family) for p, s in (_lora_pair(x) for x in loras)]
 
