@@ -53,9 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noise seed for every prompt unless a JSONL line sets its own (default 0)")
     p.add_argument("--num-frames", type=int, metavar="F",
                    help="frames per clip; F-1 must be a multiple of the VAE's temporal compression "
-                   "(Wan: 4, so 81; tiny-wan: 2; default per model)")
-    p.add_argument("--height", type=int, metavar="H", help="frame height in pixels (multiple of 16 for Wan, 32 for LTX; default per model)")
-    p.add_argument("--width", type=int, metavar="W", help="frame width in pixels (same rule as --height; default per model)")
+                   "(Wan: 4, LTX: 8, tiny-wan: 2, tiny-ltx: 4). Defaults: Wan 81, LTX 121, tiny-* 9. A local "
+                   "directory gets its family's full-size defaults, so pass --num-frames/--height/--width/--steps "
+                   "for small ones")
+    p.add_argument("--height", type=int, metavar="H", help="frame height in pixels, a multiple of 16 for Wan, 32 for LTX (default Wan 480, LTX 480, tiny-* 32)")
+    p.add_argument("--width", type=int, metavar="W", help="frame width in pixels, same rule as --height (default Wan 832, LTX 704, tiny-* 32)")
     p.add_argument("--steps", type=int, metavar="S", help="denoising steps (default 50; tiny models 4)")
     p.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale (default Wan 5.0, LTX 3.0)")
     p.add_argument("--fps", type=float, metavar="R", help="frame rate of the written mp4 (default Wan 16, LTX 24, tiny 8)")
