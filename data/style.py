@@ -129,12 +129,12 @@ def from_model_output(video) -> list[np.ndarray]:
     return [np.clip((c.transpose(0, 2, 3, 1) + 1) / 2, 0, 1) for c in arr]
 
 
-def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
-    """Decode a video file to uint8 [F, H, W, 3] with PyAV."""
+def read_video(path, max_frames: int | None = None) -> np.ndarray:
+    """Decode a video file (path or binary file object) to uint8 [F, H, W, 3] with PyAV."""
     import av
 
     frames = []
-    with av.open(str(path)) as container:
+    with av.open(path if hasattr(path, "read") else str(path)) as container:
         for frame in container.decode(video=0):
             frames.append(frame.to_ndarray(format="rgb24"))
             if max_frames and len(frames) >= max_frames:

@@ -91,13 +91,30 @@ class BaseSettings:
         return h.hexdigest()[:16]
 
 
+def auto_threads() -> int:
+    """All cores on an idle machine, one when others are busy.
+
+    Measured on a shared 2-core box: with other processes running, two OpenMP threads made a VAE step
+    5x *slower* than one (threads wait on each other at every op); alone, two are faster.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return 1 if busy > 0.5 else cores
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reelora"
 
 
 def build_base(out: str | Path | None, settings: BaseSettings = BaseSettings(), *, use_cache: bool = True,
-               log: Callable[[str], None] = print) -> tuple[Path, dict]:
-    """Build (or reuse from the cache) the base pipeline; copy it to `out` when given. Returns (dir, info)."""
+               log: Callable[[str], None] = print, threads: int | None = None) -> tuple[Path, dict]:
+    """Build (or reuse from the cache) the base pipeline; copy it to `out` when given. Returns (dir, info).
+
+    `threads`: torch intra-op threads while training; None picks `auto_threads()`.
+    """
     key = settings.key()
     cached = cache_root() / "base" / key
     if use_cache and (cached / INFO_FILE).is_file():
@@ -107,7 +124,12 @@ def build_base(out: str | Path | None, settings: BaseSettings = BaseSettings(), 
         staging = cache_root() / "base" / f".tmp-{key}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        _train(staging, settings, key, log)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads or auto_threads())
+        try:
+            _train(staging, settings, key, log)
+        finally:
+            torch.set_num_threads(previous)
         if use_cache:
             # Written aside and renamed: a killed build never leaves a directory that looks complete.
             shutil.rmtree(cached, ignore_errors=True)
@@ -134,7 +156,7 @@ def _train(dest: Path, s: BaseSettings, key: str, log: Callable[[str], None]) ->
     budget = s.minutes * 60.0
     spec = WanSpec()
     comps = spec.tiny(seed=s.seed, vae=s.vae, transformer=s.transformer)
-    log(f"base: building {key} in {s.minutes:g} min: vae {count_params(comps.vae):,} params, transformer "
+    log(f"base: building {key} in {s.minutes:g} min on {torch.get_num_threads()} thread(s): vae {count_params(comps.vae):,} params, transformer "
         f"{count_params(comps.transformer):,}, text encoder {count_params(comps.text_encoder):,}")
 
     vae_info = _train_vae(comps.vae, s, deadline=t0 + budget * s.vae_share, log=log)

@@ -10,7 +10,8 @@ def _build(args: argparse.Namespace) -> int:
 
     settings = BaseSettings(seed=args.seed, minutes=args.minutes, vae_max_steps=args.max_steps,
                             transformer_max_steps=args.max_steps)
-    out, info = build_base(args.out, settings, use_cache=not args.no_cache)
+    out, info = build_base(args.out, settings, use_cache=not args.no_cache,
+                           log=lambda m: print(m, flush=True), threads=args.threads)
     print(json.dumps({"out": str(out), "key": info["key"], "vae_psnr_db": info["vae_psnr_db"],
                       "vae_steps": info["vae"]["steps"], "transformer_steps": info["transformer"]["steps"],
                       "heldout_loss": info["transformer"]["heldout_loss"], "build_seconds": info["build_seconds"]}))
@@ -35,5 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, default=0, help="seeds weights, corpus and noise (default 0)")
     build.add_argument("--max-steps", type=int, default=None,
                        help="cap on VAE and on transformer steps (each), e.g. for quick tests; default: time box only")
+    build.add_argument("--threads", type=int, default=None,
+                       help="torch threads (default: all cores when the machine is idle, 1 when others are busy)")
     build.add_argument("--no-cache", action="store_true", help="always train; neither read nor write the cache")
     build.set_defaults(func=_build)
