@@ -419,10 +419,13 @@ def build(library_path: str | Path, out: str | Path, cfg: BuildConfig) -> BuildS
 
     Raises:
         ManifestError: the library manifest is invalid (nothing is written then).
+        ValueError: the captioner model can't be loaded (nothing is written then).
     """
     from reelora.data import shards
 
     library = mf.load_library(library_path)
+    if cfg.captioner:
+        cap.check_captioner(cfg.captioner)
     out = Path(out)
     work = out / WORK
     work.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,20 @@ def with_trigger(trigger: str, caption: str) -> str:
     return f"{trigger}, {caption}"
 
 
+def check_captioner(model: str) -> None:
+    """Fail early (before any title is staged) when the captioner model can't be found.
+
+    Raises:
+        ValueError: naming the `captioner` setting and the loader's complaint.
+    """
+    import transformers
+
+    try:
+        transformers.AutoConfig.from_pretrained(model)
+    except Exception as exc:
+        raise ValueError(f"build setting captioner={model!r}: cannot load its config ({exc})") from exc
+
+
 class VLMCaptioner:
     """Caption a clip's middle frame with an image-to-text model from transformers.
 
