@@ -176,23 +176,29 @@ def signature(frames: np.ndarray) -> np.ndarray:
 
 
 class DuplicateIndex:
-    """Near-duplicate detection over fingerprints, decided in insertion order (deterministic)."""
+    """Near-duplicate detection over fingerprints, decided in insertion order (deterministic).
+
+    Every new clip is compared with every kept one (one vectorised pass over a matrix that
+    grows by doubling), so a library of 100k clips costs seconds, not a pairwise Python loop.
+    """
 
     def __init__(self, threshold: float):
         self.threshold = threshold
-        self._sigs: list[np.ndarray] = []
+        self._matrix = np.zeros((0, SIGNATURE_FRAMES * SIGNATURE_SIDE**2), np.int16)
         self._keys: list[str] = []
-        self._matrix: np.ndarray | None = None
 
     def check_and_add(self, key: str, sig: np.ndarray) -> str | None:
         """Return the key of an earlier near-duplicate, else remember this clip and return None."""
-        if self._sigs:
-            if self._matrix is None or len(self._matrix) != len(self._sigs):
-                self._matrix = np.stack(self._sigs).astype(np.int16)
-            dist = np.abs(self._matrix - sig.astype(np.int16)).mean(axis=1)
+        n = len(self._keys)
+        if n and self.threshold >= 0:
+            dist = np.abs(self._matrix[:n] - sig.astype(np.int16)).mean(axis=1)
             best = int(np.argmin(dist))
             if dist[best] <= self.threshold:
                 return self._keys[best]
-        self._sigs.append(sig)
+        if n == len(self._matrix):
+            grown = np.zeros((max(64, 2 * n), self._matrix.shape[1]), np.int16)
+            grown[:n] = self._matrix
+            self._matrix = grown
+        self._matrix[n] = sig
         self._keys.append(key)
         return None

@@ -5,6 +5,7 @@ Layout of a shard directory::
     OUT/shard-000000.tar ...   # per clip: KEY.mp4 (H.264), KEY.json (metadata), KEY.jpg (thumbnail)
     OUT/index.json             # shards + sha256 + sample counts, build settings, manifest hash, takedowns
     OUT/audit.json, audit.md   # per title: clips and seconds used, every exclusion and quarantine
+    OUT/audit.html             # the same, self-contained, with clip thumbnails per title
     OUT/work/TITLE_ID/         # staged clips (resume cache for `shards build`)
 
 Tar members carry a fixed mtime/owner, clips are ordered by manifest then time, so the same
@@ -26,6 +27,8 @@ import numpy as np
 INDEX = "index.json"
 AUDIT = "audit.json"
 AUDIT_MD = "audit.md"
+AUDIT_HTML = "audit.html"
+THUMBS_PER_TITLE = 8
 FORMAT = "reelora-shards/1"
 _MTIME = 0  # fixed tar member time: reproducible shards
 
@@ -144,8 +147,7 @@ def assemble(out: Path, library, cfg, results: dict[str, dict], summary, previou
         "takedowns": index["takedowns"],
         "titles_detail": {t.id: describe(t) for t in library.titles},
     }
-    _write_json(out / AUDIT, audit)
-    (out / AUDIT_MD).write_text(render_audit_md(audit), encoding="utf-8")
+    _write_audit(out, audit, shard_entries)
     _write_json(out / INDEX, index)  # last: its presence means the set is complete
     summary.clips = index["num_samples"]
     summary.shards = len(shard_entries)
@@ -277,6 +279,82 @@ def render_audit_md(audit: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_audit(directory: Path, audit: dict, shard_entries: list[dict]) -> None:
+    _write_json(directory / AUDIT, audit)
+    (directory / AUDIT_MD).write_text(render_audit_md(audit), encoding="utf-8")
+    thumbs = collect_thumbnails(directory, shard_entries)
+    (directory / AUDIT_HTML).write_text(render_audit_html(audit, thumbs), encoding="utf-8")
+
+
+def collect_thumbnails(directory: Path, shard_entries: list[dict], per_title: int = THUMBS_PER_TITLE) -> dict:
+    """Up to `per_title` evenly spread (key, jpg bytes, meta) per title, read from the shards."""
+    keys_by_title: dict[str, list[str]] = {}
+    for s in shard_entries:
+        for key in s.get("keys", []):
+            keys_by_title.setdefault(key.rsplit("_", 1)[0], []).append(key)
+    wanted = set()
+    for keys in keys_by_title.values():
+        step = max(1, len(keys) / per_title)
+        wanted.update(keys[int(i * step)] for i in range(min(per_title, len(keys))))
+    found: dict[str, list[tuple[str, bytes, dict]]] = {}
+    for s in shard_entries:
+        if not wanted.intersection(s.get("keys", [])):
+            continue
+        for x in read_shard_samples(directory / s["name"]):
+            if x["__key__"] in wanted and "jpg" in x:
+                meta = json.loads(x["json"])
+                found.setdefault(meta["title_id"], []).append((x["__key__"], x["jpg"], meta))
+    return found
+
+
+def render_audit_html(audit: dict, thumbs: dict) -> str:
+    """The audit as one self-contained HTML page, with thumbnails of the clips used per title."""
+    import base64
+    import html
+
+    e = html.escape
+    t = audit["totals"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>Training data audit</title>",
+        "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:3px 6px}figure{display:inline-block;margin:4px;font-size:11px;max-width:180px}"
+        "img{max-width:180px}.excluded{color:#a00}</style>",
+        f"<h1>Training data audit: {e(audit['library']['studio'])}</h1>",
+        f"<p>Library <code>{e(audit['library']['path'])}</code> (sha256 <code>{e(audit['library']['sha256'])}</code>), "
+        f"rights judged as of {e(audit['as_of'])}.<br><b>{t['clips']} clips, {t['seconds_used']:.1f} s</b> from "
+        f"{t['titles_used']} of {t['titles']} titles; {t['titles_excluded']} excluded, "
+        f"{t['titles_quarantined']} quarantined.</p>",
+        "<table><tr><th>title</th><th>status</th><th>clips</th><th>seconds</th><th>licence</th><th>holder</th>"
+        "<th>note</th></tr>",
+    ]
+    for tid, entry in audit["titles"].items():
+        note = entry.get("reason", "") or "; ".join(entry.get("warnings", []))
+        parts.append(f"<tr><td>{e(tid)}</td><td>{e(entry['status'])}</td><td>{entry['clips']}</td>"
+                     f"<td>{entry['seconds_used']:.2f}</td><td>{e(entry.get('license') or '—')}</td>"
+                     f"<td>{e(entry.get('rights_holder') or '—')}</td><td>{e(note)}</td></tr>")
+    parts.append("</table>")
+    for tid, entry in audit["titles"].items():
+        if not thumbs.get(tid) and not entry.get("excluded"):
+            continue
+        parts.append(f"<h2>{e(tid)}</h2>")
+        for key, jpg, meta in thumbs.get(tid, []):
+            src = "data:image/jpeg;base64," + base64.b64encode(jpg).decode("ascii")
+            parts.append(f"<figure><img src='{src}' alt='{e(key)}'><figcaption>{meta['start_s']:.2f}–"
+                         f"{meta['end_s']:.2f} s: {e(meta['caption'])}</figcaption></figure>")
+        if entry.get("excluded"):
+            parts.append("<ul class='excluded'>" + "".join(
+                f"<li>{r['start_s']:.2f}–{r['end_s']:.2f} s: {e(r['reason'])}</li>" for r in entry["excluded"]) + "</ul>")
+    if audit["quarantine"]:
+        parts.append("<h2>Quarantined files</h2><ul>" + "".join(
+            f"<li><code>{e(q['title_id'])}</code> <code>{e(q['path'])}</code>: {e(q['reason'])}</li>"
+            for q in audit["quarantine"]) + "</ul>")
+    if audit.get("takedowns"):
+        parts.append("<h2>Takedowns</h2><ul>" + "".join(
+            f"<li><code>{e(d['title_id'])}</code> on {e(d['date'])}: {d['clips_removed']} clips removed "
+            f"{e(d.get('reason') or '')}</li>" for d in audit["takedowns"]) + "</ul>")
+    return "\n".join(parts) + "\n"
+
+
 def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -336,8 +414,7 @@ def takedown(directory: str | Path, title_id: str, reason: str = "") -> dict:
         audit["titles"][title_id] = entry
         audit["takedowns"] = index["takedowns"]
         audit["totals"] = _totals(audit["titles"])
-        _write_json(audit_path, audit)
-        (directory / AUDIT_MD).write_text(render_audit_md(audit), encoding="utf-8")
+        _write_audit(directory, audit, new_entries)
     from reelora.data.build import WORK
 
     shutil.rmtree(directory / WORK / title_id, ignore_errors=True)

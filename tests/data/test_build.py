@@ -223,6 +223,9 @@ def test_index_and_audit_contents(built, library):
         "too short: 0.88s left in scene < 1.00s clip"}
     md = (built / "audit.md").read_text()
     assert "| good | used | 4 | 4.00 |" in md and "zero-byte file" in md
+    page = (built / "audit.html").read_text()
+    assert page.count("<img src='data:image/jpeg;base64,") == 15  # every used clip (<= 8 per title)
+    assert "alt='tenbit_0000000'" in page and "zero-byte file" in page
 
 
 def test_stock_webdataset_reads_the_shards(built):
@@ -267,6 +270,8 @@ def test_takedown_rewrites_only_affected_shards(built, tmp_path):
     assert record["title_id"] == "tenbit" and record["clips_removed"] == 2
     assert sorted(record["shards_rewritten"]) == sorted(holding)
     assert read_audit(out)["titles"]["tenbit"]["status"] == "taken_down"
+    page = (out / "audit.html").read_text()
+    assert "alt='tenbit_" not in page and page.count("<img ") == 13
     assert not (out / "work" / "tenbit").exists()
     assert reelora_main(["shards", "verify", str(out)]) == 0
     # a rebuild into the same directory keeps the title out
