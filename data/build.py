@@ -50,6 +50,7 @@ class BuildConfig:
     fps: float = field(default=16.0, metadata={"help": "clip frame rate; sources are resampled by timestamp"})
     height: int = field(default=480, metadata={"help": "clip height in pixels (even), after resize + centre crop"})
     width: int = field(default=832, metadata={"help": "clip width in pixels (even), after resize + centre crop"})
+    buckets: str = field(default="", metadata={"help": "aspect-ratio buckets as comma-separated HEIGHTxWIDTH sizes (e.g. 480x832,832x480,624x624); each title uses the one nearest its aspect ratio instead of --height x --width"})
     workers: int = field(default=1, metadata={"help": "titles processed in parallel (one process each)"})
     strict: bool = field(default=False, metadata={"help": "exit non-zero if any file was quarantined (good clips are still written)"})
     node_rank: int = field(default=0, metadata={"help": "this machine's index for a multi-machine build (see module docs)"})
@@ -96,12 +97,33 @@ class BuildConfig:
                 dt.date.fromisoformat(self.as_of)
             except ValueError:
                 raise bad("as_of", "must be a YYYY-MM-DD date") from None
+        self.sizes()  # validates --buckets
         if self.decoder not in ("decord", "pyav"):
             raise bad("decoder", "must be 'decord' or 'pyav'")
         if self.shard_max_clips < 1:
             raise bad("shard_max_clips", "must be >= 1")
         if not 0 <= self.black_fraction <= 1:
             raise bad("black_fraction", "must be in [0, 1]")
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """The (height, width) clip sizes allowed: the buckets, else just height x width."""
+        if not self.buckets.strip():
+            return [(self.height, self.width)]
+        sizes = []
+        for item in self.buckets.split(","):
+            try:
+                h, w = (int(v) for v in item.strip().lower().split("x"))
+            except ValueError:
+                raise ValueError(f"build setting buckets={self.buckets!r}: {item.strip()!r} is not HEIGHTxWIDTH") from None
+            if h < 2 or w < 2 or h % 2 or w % 2:
+                raise ValueError(f"build setting buckets={self.buckets!r}: {h}x{w} needs even sides >= 2")
+            sizes.append((h, w))
+        return sizes
+
+    def size_for(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) of the clips cut from a width x height source: the nearest aspect bucket."""
+        aspect = np.log(width / height)
+        return min(self.sizes(), key=lambda hw: (abs(np.log(hw[1] / hw[0]) - aspect), hw))
 
     def as_of_date(self) -> dt.date:
         return dt.date.fromisoformat(self.as_of) if self.as_of else dt.date.today()
@@ -235,7 +257,8 @@ def _stage(title: mf.Title, cfg: BuildConfig, trigger: str, tdir: Path, result: 
     window_iter = iter(windows)
     current = next(window_iter, None)
     bar = tqdm(total=len(windows), desc=f"{title.id} clips", unit="clip", position=slot, leave=False, disable=None)
-    crop = lambda f: video.resize_center_crop(f, cfg.width, cfg.height)  # noqa: E731
+    out_h, out_w = cfg.size_for(info.width, info.height)
+    crop = lambda f: video.resize_center_crop(f, out_w, out_h)  # noqa: E731
     report2 = video.DecodeReport()
     for k, _, frame in video.read_frames(info, fps, wanted, crop, report2):
         frames.append(frame)
@@ -286,8 +309,8 @@ def _write_clip(title, cfg, trigger, tdir, window, clip, entries, captioner, rig
         "end_s": round(end_s, 6),
         "fps": fps,
         "num_frames": int(len(clip)),
-        "width": cfg.width,
-        "height": cfg.height,
+        "width": int(clip.shape[2]),
+        "height": int(clip.shape[1]),
         **rights,
         "source_sha256": result["source_sha256"],
         "clip_sha256": hashlib.sha256(mp4).hexdigest(),

@@ -42,6 +42,7 @@ class ShardSet:
         self.index = read_index(self.directory)
         self.shards: list[Path] = []
         self.keys: list[list[str]] = []  # per shard, in tar order
+        self.shapes: dict[tuple[int, str], tuple] = {}  # (shard, key) -> (frames, height, width)
         self._members: dict[tuple[int, str], dict[str, Member]] = {}
         for i, entry in enumerate(self.index["shards"]):
             path = self.directory / entry["name"]
@@ -50,6 +51,8 @@ class ShardSet:
                 raise ShardError(f"{path}: holds {len(keys)} samples but index.json says {entry['num_samples']}")
             self.shards.append(path)
             self.keys.append(keys)
+            for key, shape in zip(entry.get("keys", []), entry.get("shapes", [])):
+                self.shapes[(i, key)] = tuple(shape)
         self._files: dict[int, Any] = {}
 
     def _scan(self, shard: int, path: Path) -> list[str]:
@@ -177,20 +180,41 @@ class ClipLoader:
 
     @property
     def batches_per_epoch(self) -> int:
-        return (len(self.shards) // self.world_size) // self.batch_size
+        """Batches of the current epoch (the same every epoch unless clips come in several sizes)."""
+        return len(self.epoch_batches(self.epoch))
 
     def epoch_batches(self, epoch: int) -> list[list[tuple[int, str]]]:
-        """This rank's batches of `epoch` as lists of (shard, key)."""
+        """This rank's batches of `epoch` as lists of (shard, key).
+
+        Clips of different sizes (aspect buckets) never share a batch: each size fills its own
+        batch in stream order. Every rank computes every rank's batches and all keep the smallest
+        count, so data-parallel ranks always run the same number of steps.
+        """
         order = epoch_order(self.shards.keys, self.seed, epoch, self.shuffle_buffer)
-        mine = order[: len(order) - len(order) % self.world_size][self.rank :: self.world_size]
-        b = self.batch_size
-        return [mine[i : i + b] for i in range(0, self.batches_per_epoch * b, b)]
+        usable = order[: len(order) - len(order) % self.world_size]
+        per_rank = [self._bucket_batches(usable[r :: self.world_size]) for r in range(self.world_size)]
+        count = min(len(b) for b in per_rank)
+        return per_rank[self.rank][:count]
+
+    def _bucket_batches(self, refs: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+        batches, pending = [], {}
+        for ref in refs:
+            group = pending.setdefault(self.shards.shapes.get(ref), [])
+            group.append(ref)
+            if len(group) == self.batch_size:
+                batches.append(group)
+                pending[self.shards.shapes.get(ref)] = []
+        return batches
 
     def __iter__(self) -> Iterator[dict]:
         from torch.utils.data import DataLoader
 
         while True:
-            batches = self.epoch_batches(self.epoch)[self.batch :]
+            batches = self.epoch_batches(self.epoch)
+            if not batches:
+                raise ValueError(f"{self.shards.directory}: epoch {self.epoch} has no full batch of "
+                                 f"{self.batch_size} same-sized clips for rank {self.rank}")
+            batches = batches[self.batch :]
             dataset = _Batches(self.shards, batches)
             if self.num_workers > 0:
                 source = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,

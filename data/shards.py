@@ -196,9 +196,11 @@ def write_shard(path: Path, samples: list[dict]) -> dict:
                 writer.write(sample)
     os.replace(tmp, path)
     titles: dict[str, int] = {}
+    shapes = []
     for s in samples:
-        tid = json.loads(s["json"])["title_id"]
-        titles[tid] = titles.get(tid, 0) + 1
+        meta = json.loads(s["json"])
+        titles[meta["title_id"]] = titles.get(meta["title_id"], 0) + 1
+        shapes.append([meta["num_frames"], meta["height"], meta["width"]])
     return {
         "name": path.name,
         "sha256": sha256_file(path),
@@ -206,6 +208,7 @@ def write_shard(path: Path, samples: list[dict]) -> dict:
         "num_samples": len(samples),
         "titles": titles,
         "keys": [s["__key__"] for s in samples],
+        "shapes": shapes,  # [frames, height, width] per key: lets the loader batch by bucket
     }
 
 
