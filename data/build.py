@@ -287,10 +287,13 @@ def _write_clip(title, cfg, trigger, tdir, window, clip, entries, captioner, rig
 
     fps = cfg.fps
     start_s, end_s = window.seconds(fps)
+    # the trigger token goes into every caption, whatever wrote it: it is what the LoRA learns
     caption, source = cap.sidecar_caption(entries, start_s, end_s), "sidecar"
     if caption is None and captioner is not None:
-        caption, source = cap.with_trigger(trigger, captioner(clip)), "vlm"
-    if not caption:
+        caption, source = captioner(clip), "vlm"
+    if caption and caption.strip():
+        caption = cap.with_trigger(trigger, caption)
+    else:
         caption, source = cap.template_caption(trigger, title.title or title.id, title.description), "template"
     caption = cap.clean_caption(caption, cfg.caption_max_chars)
     key = f"{title.id}_{window.start:07d}"

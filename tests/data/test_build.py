@@ -199,9 +199,10 @@ def test_rotation_vfr_and_10bit_are_read_by_timestamp(built):
 
 def test_captions_sidecar_template_and_cleaning(built):
     good = {m["start_s"]: m for m in clips_by_title(built)["good"]}
-    assert good[0.0]["caption"] == "A red room, with a box"
+    assert good[0.0]["caption"] == "tst style, A red room, with a box"
     assert good[0.0]["caption_source"] == "sidecar"
     assert good[1.0]["caption_source"] == "sidecar" and len(good[1.0]["caption"]) == 300
+    assert good[1.0]["caption"].startswith("tst style, xxx")
     assert good[2.0]["caption"] == "tst style, Good: red then green"
     assert good[2.0]["caption_source"] == "template"
     warnings = read_audit(built)["titles"]["good"]["warnings"]

@@ -72,7 +72,7 @@ def test_vlm_captions_clips_without_a_sidecar(tmp_path):
     lib = write_library(tmp_path, [{"id": "v", "path": "v.mp4", "captions": "v.jsonl"}])
     build(lib, tmp_path / "out", tiny_config(captioner=str(model), caption_max_chars=60))
     metas = {m["start_s"]: m for m in shard_metas(tmp_path / "out")}
-    assert metas[0.0]["caption_source"] == "sidecar" and metas[0.0]["caption"] == "from the sidecar"
+    assert metas[0.0]["caption_source"] == "sidecar" and metas[0.0]["caption"] == "tst style, from the sidecar"
     vlm = metas[1.0]
     assert vlm["caption_source"] == "vlm"
     assert vlm["caption"].startswith("tst style, ") and len(vlm["caption"]) > len("tst style, ")
