@@ -39,6 +39,7 @@ from reelora.data import manifest as mf
 from reelora.data import video
 
 RESULT = "result.json"
+HEARTBEAT = "heartbeat"
 WORK = "work"
 
 
@@ -72,7 +73,7 @@ class BuildConfig:
     thumbnails: bool = field(default=True, metadata={"help": "store a KEY.jpg thumbnail (middle frame) with each clip"})
     decoder: str = field(default="decord", metadata={"help": "preferred decoder: decord (PyAV where decord can't read a file) or pyav"})
     probe_timeout: float = field(default=60.0, metadata={"help": "seconds before a media probe is declared hung"})
-    title_timeout: float = field(default=0.0, metadata={"help": "seconds before a title's worker is declared hung and quarantined (0 = no limit)"})
+    stall_timeout: float = field(default=300.0, metadata={"help": "a title's worker that makes no progress (no frame decoded, no clip written) for this many seconds is killed and the title quarantined (0 = never)"})
 
     def __post_init__(self) -> None:
         self.fps = float(self.fps)  # 16 and 16.0 must be the same setting (stage keys, index)
@@ -131,12 +132,12 @@ class BuildConfig:
     def stage_settings(self) -> dict:
         """The settings a staged title depends on (changing any re-stages every title)."""
         skip = {"workers", "strict", "node_rank", "num_nodes", "as_of", "dedup_threshold",
-                "shard_max_clips", "shard_max_mb", "probe_timeout", "title_timeout"}
+                "shard_max_clips", "shard_max_mb", "probe_timeout", "stall_timeout"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
     def output_settings(self) -> dict:
         """Settings recorded in index.json (everything that shapes the shards)."""
-        skip = {"workers", "strict", "node_rank", "num_nodes", "probe_timeout", "title_timeout"}
+        skip = {"workers", "strict", "node_rank", "num_nodes", "probe_timeout", "stall_timeout"}
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         d["as_of"] = self.as_of_date().isoformat()
         return d
@@ -206,6 +207,7 @@ def stage_title(title: mf.Title, cfg: BuildConfig, trigger: str, work: Path, slo
 def _stage(title: mf.Title, cfg: BuildConfig, trigger: str, tdir: Path, result: dict, slot: int) -> None:
     from tqdm import tqdm
 
+    heart = Heartbeat(tdir / HEARTBEAT)
     info = video.probe(title.path, timeout=cfg.probe_timeout)
     if cfg.decoder == "pyav" and info.decoder != "pyav":
         info = dataclasses.replace(info, decoder="pyav", decord_error="PyAV chosen by --decoder pyav")
@@ -224,6 +226,7 @@ def _stage(title: mf.Title, cfg: BuildConfig, trigger: str, tdir: Path, result: 
         cuts.add(k, frame)
         source_times.append(src_t)
         bar.update()
+        heart.beat()
     bar.close()
     decoded = len(source_times)
     if decoded == 0:
@@ -261,6 +264,7 @@ def _stage(title: mf.Title, cfg: BuildConfig, trigger: str, tdir: Path, result: 
     crop = lambda f: video.resize_center_crop(f, out_w, out_h)  # noqa: E731
     report2 = video.DecodeReport()
     for k, _, frame in video.read_frames(info, fps, wanted, crop, report2):
+        heart.beat()
         frames.append(frame)
         if len(frames) < current.length:
             continue
@@ -388,7 +392,7 @@ def _run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig,
         return
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     pending = list(jobs)
-    running: dict[int, tuple[mf.Title, subprocess.Popen, float]] = {}  # slot -> (title, child, started)
+    running: dict[int, tuple[mf.Title, subprocess.Popen, float]] = {}  # slot -> (title, child, start time)
     bar = tqdm(total=len(jobs), desc="titles", unit="title", disable=None)
     try:
         while pending or running:
@@ -400,15 +404,17 @@ def _run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig,
                     job_path = work / f".job-{title.id}.json"
                     job_path.write_text(json.dumps(job), encoding="utf-8")
                     child = subprocess.Popen([sys.executable, "-m", "reelora.data.build", str(job_path)])
-                    running[slot] = (title, child, time.monotonic())
+                    running[slot] = (title, child, time.time())
             time.sleep(0.02)
             for slot, (title, child, started) in list(running.items()):
                 code = child.poll()
                 if code is None:
-                    if cfg.title_timeout and time.monotonic() - started > cfg.title_timeout:
+                    if cfg.stall_timeout and _idle_seconds(work, title, started) > cfg.stall_timeout:
                         child.kill()
                         child.wait()
-                        _quarantine(work, title, cfg, f"worker timed out after {cfg.title_timeout:.0f}s")
+                        _quarantine(work, title, cfg, f"worker stalled: no progress for {cfg.stall_timeout:.0f}s "
+                                    "(decoder hang?)")
+                        (work / f".job-{title.id}.json").unlink(missing_ok=True)
                         del running[slot]
                         bar.update()
                     continue
@@ -422,6 +428,28 @@ def _run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig,
         for _, child, _ in running.values():
             child.kill()
         bar.close()
+
+
+class Heartbeat:
+    """Touches a file while a title makes progress, so the parent can tell slow from hung."""
+
+    def __init__(self, path: Path, every: float = 1.0):
+        self.path, self.every, self._last = path, every, 0.0
+        self.beat()
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self.path.touch()
+            self._last = now
+
+
+def _idle_seconds(work: Path, title: mf.Title, started: float) -> float:
+    try:
+        last = (work / title.id / HEARTBEAT).stat().st_mtime
+    except OSError:
+        last = 0.0
+    return time.time() - max(last, started)
 
 
 def _staged_status(work: Path, title: mf.Title) -> str | None:
