@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=240, help="clip height")
     p.add_argument("--width", type=int, default=416, help="clip width")
     p.add_argument("--workers", type=int, default=2, help="build worker processes")
+    p.add_argument("--decoder", default="decord", choices=["decord", "pyav"], help="preferred decoder")
     p.add_argument("--batch-size", type=int, default=2, help="loader batch size")
     p.add_argument("--loader-workers", type=int, default=0, help="loader DataLoader workers")
     p.add_argument("--batches", type=int, default=20, help="loader batches to time")
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             library = make_library(root / "lib", args.titles, args.seconds)
         cfg = BuildConfig(num_frames=args.num_frames, fps=args.fps, height=args.height, width=args.width,
-                          workers=args.workers)
+                          workers=args.workers, decoder=args.decoder)
         t0 = time.perf_counter()
         summary = build(library, root / "shards", cfg)
         build_s = time.perf_counter() - t0

@@ -429,11 +429,12 @@ def decode_clip(data: bytes, dtype: str = "uint8"):
         frames = [_to_rgb(f) for f in container.decode(stream)]
     if not frames:
         raise MediaError("clip has no decodable frames")
-    array = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+    array = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
     if dtype == "uint8":
-        return array
+        return array.contiguous()
     if dtype == "float":
-        return array.float().div_(127.5).sub_(1.0)
+        # layout change and conversion in one pass, then scale in place
+        return array.to(torch.float32, memory_format=torch.contiguous_format).mul_(1 / 127.5).sub_(1.0)
     raise ValueError(f"decode_clip: dtype must be 'uint8' or 'float', got {dtype!r}")
 
 

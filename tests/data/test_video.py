@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -81,6 +82,14 @@ def test_probe_rejects_bad_files_with_a_reason(tmp_path, make, reason):
     with pytest.raises(MediaError) as info:
         probe(path)
     assert str(info.value).startswith(reason)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_is_rejected(tmp_path):
+    path = make_video(tmp_path / "locked.mp4", 1, 8, 96, 64)
+    path.chmod(0)
+    with pytest.raises(MediaError, match="unreadable: Permission denied"):
+        probe(path)
 
 
 def test_probe_timeout_is_reported(tmp_path):
