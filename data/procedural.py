@@ -17,13 +17,15 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "blue": (0.10, 0.25, 0.85), "purple": (0.50, 0.15, 0.70), "pink": (0.95, 0.45, 0.70),
     "brown": (0.45, 0.28, 0.12), "white": (0.95, 0.95, 0.92), "black": (0.06, 0.06, 0.07),
     "gray": (0.50, 0.50, 0.50), "navy": (0.05, 0.08, 0.35), "olive": (0.45, 0.48, 0.10),
-    "beige": (0.85, 0.78, 0.60),
+    "beige": (0.85, 0.78, 0.60), "lime": (0.60, 0.85, 0.15), "sky": (0.55, 0.75, 0.95),
+    "grey-blue": (0.55, 0.60, 0.70), "dark green": (0.08, 0.30, 0.12),
 }
 # Palettes group colours that appear together, so the corpus has distinct "looks" (warm, cold, pastel...).
 PALETTES: dict[str, tuple[str, ...]] = {
     "warm": ("red", "orange", "yellow", "brown", "beige", "pink"),
-    "cool": ("blue", "cyan", "teal", "navy", "purple", "white"),
-    "forest": ("green", "olive", "brown", "beige", "yellow", "teal"),
+    "cool": ("blue", "cyan", "teal", "navy", "purple", "white", "grey-blue"),
+    "forest": ("green", "olive", "brown", "beige", "lime", "dark green"),
+    "outdoor": ("sky", "lime", "green", "grey-blue", "white", "brown"),
     "neon": ("pink", "cyan", "yellow", "green", "purple", "black"),
     "mono": ("black", "gray", "white", "beige", "navy"),
     "sunset": ("orange", "pink", "purple", "navy", "red", "yellow"),
@@ -59,7 +61,7 @@ def clip(settings: CorpusSettings, index: int) -> tuple[np.ndarray, str]:
 
     def pick() -> tuple[str, np.ndarray]:
         name = str(rng.choice(palette))
-        jitter = rng.normal(0, 0.04, 3)
+        jitter = rng.normal(0, 0.06, 3)
         return name, np.clip(np.array(COLOURS[name]) + jitter, 0, 1).astype(np.float32)
 
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
