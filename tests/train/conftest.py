@@ -1,0 +1,122 @@
+"""Fixtures for train/ tests: a few tiny clips in WebDataset shards, and their latent/text cache.
+
+Shards are written here with webdataset's TarWriter in the `reelora shards build` layout (KEY.mp4 + KEY.json,
+index.json), so these tests do not depend on the ingest pipeline.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+# Bitwise comparisons across processes (golden losses, exact resume) need MKL's alignment-independent
+# kernels (MKL_CBWR, read when MKL loads: so they run in train.py subprocesses that inherit this) and a
+# fixed thread count. Without it the same run in two processes differs in the last bits now and then,
+# which Adam's first steps amplify.
+DETERMINISTIC_ENV = {"MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# oneDNN convolutions (the VAE building the fixture cache) are not bitwise stable across processes.
+torch.backends.mkldnn.enabled = False
+
+NUM_CLIPS = 6
+FRAMES, SIZE = 5, 32
+
+
+def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"crf": "10"}
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return buf.getvalue()
+
+
+def clip_frames(i: int) -> np.ndarray:
+    """A moving gradient whose colour depends on the clip: distinct, smooth, deterministic."""
+    t = np.arange(FRAMES)[:, None, None]
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    r = (x * 6 + t * 10 + i * 40) % 256
+    g = (y * 6 + i * 70) % 256
+    b = ((x + y) * 3 + t * 20 + i * 25) % 256
+    return np.stack(np.broadcast_arrays(r, g, b), -1).astype(np.uint8)
+
+
+def write_shards(out: Path, n: int = NUM_CLIPS, per_shard: int = 4, titles=("alpha", "beta"), prefix: str = "c") -> Path:
+    import webdataset as wds
+
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for s in range(0, n, per_shard):
+        name = f"shard-{s // per_shard:06d}.tar"
+        keys, counts = [], {}
+        with wds.TarWriter(str(out / name), encoder=False) as w:
+            for i in range(s, min(n, s + per_shard)):
+                mp4 = encode_mp4(clip_frames(i if prefix == "c" else 100 + i))
+                title = titles[i % len(titles)]
+                key = f"{prefix}{i:04d}"
+                meta = {"caption": f"exp style, scene {i % 3}", "title_id": title, "num_frames": FRAMES,
+                        "width": SIZE, "height": SIZE, "fps": 8, "clip_sha256": hashlib.sha256(mp4).hexdigest()}
+                w.write({"__key__": key, "mp4": mp4, "json": json.dumps(meta).encode()})
+                keys.append(key)
+                counts[title] = counts.get(title, 0) + 1
+        entries.append({"name": name, "num_samples": len(keys), "titles": counts, "keys": keys,
+                        "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()})
+    (out / "index.json").write_text(json.dumps({"format": "reelora-shards/1", "shards": entries,
+                                                "num_samples": n}, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="session")
+def cache(shards, tmp_path_factory) -> Path:
+    from reelora.train.cache import build_cache
+
+    out = tmp_path_factory.mktemp("cache")
+    build_cache(str(shards), "tiny-wan", str(out), progress=False)
+    return out
+
+
+def train_py(*args, timeout=300, env=None):
+    """Run `python train.py ARGS` in a fresh process with deterministic CPU math."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    return subprocess.run([sys.executable, str(root / "train.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=root, env={**os.environ, **DETERMINISTIC_ENV, **(env or {})})
+
+
+def cfg_args(out, shards, cache, *extra) -> list[str]:
+    root = Path(__file__).parents[2]
+    args = ["--config", str(root / "configs/tiny-wan.yaml"), f"data.shards={shards}", f"train.output_dir={out}",
+            "log.progress_bar=false", "validation.every=0"]
+    if cache is not None:
+        args.append(f"data.cache={cache}")
+    return [*args, *extra]
+
+
+def tiny_cfg(out: Path, shards: Path, cache: Path | None, *overrides: str):
+    """The CI config with test paths and quiet logging."""
+    from reelora.train.config import load_config
+
+    base = [f"data.shards={shards}", f"train.output_dir={out}", "log.progress_bar=false", "validation.every=0"]
+    if cache is not None:
+        base.append(f"data.cache={cache}")
+    return load_config(Path(__file__).parents[2] / "configs" / "tiny-wan.yaml", [*base, *overrides])

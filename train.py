@@ -1,0 +1,22 @@
+"""Train a LoRA adapter: `accelerate launch train.py --config configs/tiny-wan.yaml [key=value ...]`.
+
+`python train.py --help` lists every config option with its docstring (from reelora/train/config.py).
+"""
+import sys
+
+from reelora.train.config import ConfigError, parse_args
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_args(argv)  # validated before any model or torch-heavy import
+    except ConfigError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    from reelora.train.loop import run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Resumable checkpoints: only what resume needs, written atomically, rotated after completion.
+
+OUTPUT/checkpoints/step-NNNNNN/
+    lora.safetensors         trainable LoRA weights (peft names), never the frozen base
+    optimizer.safetensors    optimizer state tensors, keyed "<param index>.<name>"
+    state.json               step, samples consumed (data position), LR scheduler, optimizer param groups
+    COMPLETE                 written last; a folder without it is ignored (and cleaned up) on resume
+
+Everything is safetensors + JSON: resume never unpickles anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"step-(\d{6,})")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names the folder."""
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_complete(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_DIR.fullmatch(p.name) and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
+
+
+def latest(output_dir: str | Path) -> Path | None:
+    done = list_complete(output_dir)
+    return done[-1] if done else None
+
+
+def save(output_dir: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+         state: dict, keep_last: int) -> Path:
+    """Write checkpoint `step` to a temporary folder, mark it complete, rename it into place, then rotate."""
+    root = checkpoint_dir(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
+    opt_tensors, opt_groups = _flatten_optimizer(optimizer)
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer_param_groups": opt_groups}, indent=2))
+    (tmp / MARKER).write_text("ok\n")
+    _fsync_dir(tmp)
+    if final.exists():  # an older run's same-step folder (e.g. after a crash right after rename): replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    for old in list_complete(output_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load(path: str | Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a complete checkpoint: returns (LoRA weights, state dict) and restores `optimizer` in place."""
+    path = Path(path)
+    if not (path / MARKER).is_file():
+        raise CheckpointError(f"{path}: not a complete checkpoint (no {MARKER} marker)")
+    try:
+        lora = load_file(path / "lora.safetensors")
+        state = json.loads((path / "state.json").read_text())
+        opt_tensors = load_file(path / "optimizer.safetensors")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
+    _restore_optimizer(optimizer, opt_tensors, state.pop("optimizer_param_groups"), path)
+    return lora, state
+
+
+def remove_partial(output_dir: str | Path) -> list[Path]:
+    """Delete leftover temporary folders from interrupted saves (they are never resumed from)."""
+    root = checkpoint_dir(output_dir)
+    gone = [p for p in root.glob(".tmp-step-*")] if root.is_dir() else []
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
+def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{idx}.{name}"] = t.detach().cpu().contiguous()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], groups: list[dict], path: Path) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    current = optimizer.state_dict()["param_groups"]
+    if [len(g["params"]) for g in current] != [len(g["params"]) for g in groups]:
+        raise CheckpointError(f"{path}: optimizer has a different parameter layout (another lora.rank/target_modules?)")
+    for g in groups:
+        for k in ("betas",):
+            if k in g and isinstance(g[k], list):
+                g[k] = tuple(g[k])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,299 @@
+"""The training loop: setup, then `while step < max_steps: step(); maybe_validate(); maybe_checkpoint()`.
+
+Read it top to bottom; the details live in well-named functions in data.py, step.py, checkpoint.py,
+validate.py and logs.py. Runs as one process (`python train.py`) or many (`accelerate launch train.py`).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+from reelora.train import checkpoint
+from reelora.train.config import Config, ConfigError, config_hash
+from reelora.train.data import ClipDataset, DataError, StreamBatches, batches, open_shards
+from reelora.train.step import NonFiniteError, StepContext, train_step
+
+EXIT_SIGTERM = 143
+EXIT_SIGINT = 130
+
+
+def run(cfg: Config) -> int:
+    """Train as configured; returns the process exit code (0, 1 on a reported failure, 143 after SIGTERM)."""
+    from accelerate import Accelerator
+
+    if cfg.train.deterministic:
+        make_deterministic()
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    try:
+        return _run(cfg, accelerator)
+    except (ConfigError, DataError, checkpoint.CheckpointError, NonFiniteError) as exc:
+        print(f"[rank {accelerator.process_index}] error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        _teardown(accelerator)
+
+
+def _run(cfg: Config, accelerator) -> int:
+    out = Path(cfg.train.output_dir)
+    resume_from = resolve_resume(cfg)  # config/data problems surface before any model loads
+    data = open_training_data(cfg)
+    val_clips = open_validation_clips(cfg, data)
+
+    spec, comps = load_backbone(cfg, accelerator, cached=data["cache"] is not None)
+    model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    step, samples_seen = 0, 0
+    if resume_from is not None:
+        step, samples_seen = restore(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, cfg)
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+
+    ctx = StepContext(cfg, accelerator, spec, comps, model, optimizer, scheduler, params,
+                      empty_text=data["cache"].load_text("") if data["cache"] is not None else None)
+    sampler = StreamBatches(len(data["clips"]), cfg.train.batch_size, cfg.train.seed,
+                            accelerator.process_index, accelerator.num_processes, start=samples_seen)
+    stream = batches(ClipDataset(data["clips"], data["cache"]), sampler, cfg.data.num_workers)
+    from reelora.train.logs import MetricLogger
+    from reelora.train.validate import Validator
+
+    logger = MetricLogger(cfg, accelerator, start_step=step)
+    validator = Validator(cfg, accelerator, spec, comps, val_clips, data["cache"], out)
+    stop = GracefulStop()
+    samples_per_step = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+
+    while step < cfg.train.max_steps:
+        micro_batches = [next(stream) for _ in range(cfg.train.grad_accum)]
+        metrics = train_step(ctx, micro_batches, step + 1)  # raises NonFiniteError before touching weights
+        step += 1
+        samples_seen += samples_per_step
+        logger.log(step, metrics, samples_per_step)
+        if validator.due(step):
+            logger.log_validation(step, validator.run(model, step))
+        stop_code = stop.agreed(accelerator)
+        if stop_code or step == cfg.train.max_steps or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+            save_checkpoint(cfg, accelerator, model, optimizer, scheduler, step, samples_seen)
+        if stop_code:
+            accelerator.print(f"stopped by signal at step {step}; checkpoint written, resume with train.resume=latest")
+            logger.close()
+            return stop_code
+
+    export_adapter(cfg, accelerator, spec, comps, model, data, step)
+    logger.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Setup
+
+
+def make_deterministic() -> None:
+    """Same inputs, same bits, in any process (train.deterministic)."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS initialises
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.mkldnn.enabled = False
+
+
+def resolve_resume(cfg: Config) -> Path | None:
+    """The checkpoint to resume from (None: fresh). Refuses to silently overwrite a run with checkpoints."""
+    out, resume = Path(cfg.train.output_dir), cfg.train.resume
+    if resume is None:
+        if checkpoint.list_complete(out):
+            raise ConfigError(f"config key 'train.resume': {out} already holds checkpoints; set train.resume=latest "
+                              f"to continue that run, or choose another train.output_dir")
+        return None
+    if resume == "latest":
+        return checkpoint.latest(out)
+    path = Path(resume)
+    if not (path / checkpoint.MARKER).is_file():
+        raise ConfigError(f"config key 'train.resume': {path} is not a complete checkpoint folder (no {checkpoint.MARKER})")
+    return path
+
+
+def open_training_data(cfg: Config) -> dict:
+    """Index the shards and check the cache: missing shards, no clips or a foreign cache fail here."""
+    if cfg.data.shards is None:
+        raise ConfigError("config key 'data.shards': required (a directory built by `reelora shards build`)")
+    shard_set = open_shards(cfg.data.shards)
+    cache = None
+    if cfg.data.cache is not None:
+        from reelora.train.cache import CacheIds, LatentCache
+        from reelora.models.registry import load_model
+
+        # The cache ids depend only on names/revisions: load nothing heavy to compute them.
+        _, meta = load_model(cfg.model, components=("tokenizer",))
+        cache = LatentCache(cfg.data.cache, CacheIds.of(meta, dtype=_cache_dtype(cfg.data.cache, meta)))
+        cache.check(shard_set.clips)
+    return {"shards": shard_set, "clips": shard_set.clips, "cache": cache}
+
+
+def _cache_dtype(root: str, comps) -> str:
+    """The dtype the cache was built in for this model (fp32 when several or none are recorded)."""
+    import json
+
+    from reelora.train.cache import CacheIds
+
+    found = []
+    for p in sorted((Path(root) / "models").glob("*.json")):
+        m = json.loads(p.read_text())
+        if m.get("vae") == CacheIds.of(comps).vae:
+            found.append(m.get("dtype", "fp32"))
+    return found[0] if len(found) == 1 else "fp32"
+
+
+def open_validation_clips(cfg: Config, data: dict) -> list:
+    if not cfg.validation.every:
+        return []
+    if cfg.validation.shards is not None:
+        clips = open_shards(cfg.validation.shards, what="validation.shards").clips
+        if data["cache"] is not None:
+            data["cache"].check(clips, what="validation.shards (cache)")
+    else:
+        clips = data["clips"]
+    return clips[: cfg.validation.num_clips]
+
+
+def load_backbone(cfg: Config, accelerator, cached: bool):
+    """Load the frozen base on the device; with a cache the VAE and text encoder stay out of GPU memory."""
+    from reelora.models.registry import load_model
+
+    weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
+    components = ("transformer", "scheduler") if cached else ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+    return load_model(cfg.model, dtype=weight_dtype, device=accelerator.device, components=components)
+
+
+def build_model_and_optimizer(cfg: Config, spec, comps):
+    from reelora.models.lora import attach_lora
+
+    transformer = comps.transformer
+    targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
+    try:
+        attach_lora(transformer, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=targets,
+                    dropout=cfg.lora.dropout, init=cfg.lora.init, seed=cfg.train.seed)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'lora.target_modules': {exc}") from exc
+    if cfg.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
+    return transformer, optimizer, scheduler, params
+
+
+def make_optimizer(cfg: Config, params):
+    o = cfg.optim
+    kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if o.name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise ConfigError("config key 'optim.name': adamw8bit needs bitsandbytes (pip install bitsandbytes)") from exc
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def lr_factor(cfg: Config, step: int) -> float:
+    """LR multiplier after `step` optimizer steps: linear warmup, then constant/linear/cosine decay."""
+    o, total = cfg.optim, cfg.train.max_steps
+    if step < o.warmup_steps:
+        return (step + 1) / (o.warmup_steps + 1)
+    if o.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    decay = 1.0 - progress if o.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * decay
+
+
+def restore(path: Path, transformer, optimizer, scheduler, cfg: Config) -> tuple[int, int]:
+    from reelora.models.lora import load_lora_state_dict
+
+    lora, state = checkpoint.load(path, optimizer)
+    try:
+        load_lora_state_dict(transformer, lora)
+    except ValueError as exc:
+        raise checkpoint.CheckpointError(f"{path}: {exc} (was lora.rank or lora.target_modules changed?)") from exc
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("config_hash") != config_hash(_resume_invariant(cfg)):
+        print(f"warning: resuming {path} with a different config than it was written with", file=sys.stderr)
+    return int(state["step"]), int(state["samples_seen"])
+
+
+def _resume_invariant(cfg: Config) -> Config:
+    """The config minus keys that may legitimately change on resume (steps, resume, logging)."""
+    import copy
+
+    c = copy.deepcopy(cfg)
+    c.train.resume, c.train.max_steps, c.log = None, 0, type(cfg.log)()
+    return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints, signals, export
+
+
+def save_checkpoint(cfg, accelerator, model, optimizer, scheduler, step: int, samples_seen: int) -> None:
+    from reelora.models.lora import lora_state_dict
+
+    if accelerator.is_main_process:
+        state = {"samples_seen": samples_seen, "scheduler": scheduler.state_dict(),
+                 "world_size": accelerator.num_processes, "config_hash": config_hash(_resume_invariant(cfg))}
+        checkpoint.save(cfg.train.output_dir, step, lora_state_dict(accelerator.unwrap_model(model)), optimizer,
+                        state, cfg.train.keep_last)
+    accelerator.wait_for_everyone()
+
+
+class GracefulStop:
+    """SIGTERM/SIGINT set a flag; the loop finishes the step, checkpoints and exits (143 / 130)."""
+
+    def __init__(self):
+        self.signum = 0
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def agreed(self, accelerator) -> int:
+        """Exit code if any rank got a signal (all ranks agree, so none hangs in a collective), else 0."""
+        mine = {signal.SIGTERM: 1.0, signal.SIGINT: 1000.0}.get(self.signum, 0.0)
+        total = mine
+        if accelerator.num_processes > 1:
+            total = accelerator.reduce(torch.tensor([mine], device=accelerator.device), reduction="sum").item()
+        if not total:
+            return 0
+        return EXIT_SIGTERM if int(total) % 1000 else EXIT_SIGINT
+
+
+def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, step: int) -> None:
+    """OUTPUT/adapter/: diffusers + ComfyUI safetensors with lineage, and a model card (main process)."""
+    from reelora import __version__
+    from reelora.models.lora import lora_state_dict, save_adapter
+
+    if accelerator.is_main_process:
+        shards = data["shards"]
+        lineage = {
+            "base_model": cfg.model, "base_revision": comps.revision, "family": spec.family,
+            "shards": shards.directory, "shards_index_sha256": shards.index_sha256, "titles": shards.titles,
+            "num_clips": len(shards.clips), "step": step, "config": cfg.to_dict(), "reelora_version": __version__,
+        }
+        targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
+        save_adapter(Path(cfg.train.output_dir) / "adapter", lora_state_dict(accelerator.unwrap_model(model)),
+                     rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=targets, family=spec.family, lineage=lineage)
+    accelerator.wait_for_everyone()
+
+
+def _teardown(accelerator) -> None:
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if accelerator.num_processes > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    # Forget accelerate's process-wide singletons so another run() in this process starts clean (tests).
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

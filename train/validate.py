@@ -1,0 +1,128 @@
+"""Validation: denoising loss at fixed timestep quantiles with fixed noise, and sample clips from fixed prompts.
+
+Both are split across ranks and combined with collectives every rank joins (so none waits forever);
+samples run one prompt at a time, and with a cache the VAE and text encoder live on the CPU and visit
+the accelerator only while a sample is made.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from reelora.models.spec import Components
+from reelora.train.data import decode_frames, mix_seed
+from reelora.train.step import sigma_quantile
+
+
+class Validator:
+    def __init__(self, cfg, accelerator, spec, comps, clips: list, cache, output_dir: Path):
+        self.cfg, self.acc, self.spec, self.comps, self.clips, self.cache = cfg, accelerator, spec, comps, clips, cache
+        self.out = Path(output_dir)
+        self._aux: Components | None = None  # VAE/text encoder on CPU when training from a cache
+
+    def due(self, step: int) -> bool:
+        every = self.cfg.validation.every
+        return bool(every) and (step % every == 0 or step == self.cfg.train.max_steps)
+
+    def run(self, model, step: int) -> dict:
+        model.eval()
+        try:
+            result = self.loss(model)
+            if self.cfg.validation.prompts:
+                result["samples"] = self.samples(model, step)
+        finally:
+            model.train()
+        return result
+
+    @torch.no_grad()
+    def loss(self, model) -> dict:
+        """Mean flow-matching loss per timestep quantile over the validation clips (fixed noise per clip)."""
+        acc, v = self.acc, self.cfg.validation
+        sigmas = [sigma_quantile(q, self.cfg.train) for q in v.quantiles]
+        sums = torch.zeros(len(sigmas) + 1, dtype=torch.float64)
+        for i in range(acc.process_index, len(self.clips), acc.num_processes):
+            clip = self.clips[i]
+            latents, text = self._inputs(clip)
+            g = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, "validation", clip.key))
+            noise = torch.randn(latents.shape, generator=g).to(latents.device)
+            for j, s in enumerate(sigmas):
+                with acc.autocast():
+                    pred, target = self.spec.forward(self.comps, model, latents, noise,
+                                                     torch.tensor([s], device=latents.device), text)
+                sums[j] += (pred.float() - target.float()).pow(2).mean().item()
+            sums[-1] += 1
+        sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu() if acc.num_processes > 1 else sums
+        n = max(sums[-1].item(), 1.0)
+        result = {f"val/loss_q{q:g}": (sums[j] / n).item() for j, q in enumerate(v.quantiles)}
+        result["val/loss"] = sum(result.values()) / len(v.quantiles)
+        return result
+
+    def _inputs(self, clip) -> tuple[torch.Tensor, dict]:
+        device = self.acc.device
+        if self.cache is not None:
+            text = {k: t[None].to(device) for k, t in self.cache.load_text(clip.caption).items()}
+            return self.cache.load_latents(clip)[None].to(device, torch.float32), text
+        latents = self.spec.encode_video(self.comps, decode_frames(clip)[None].to(device)).float()
+        return latents, self.spec.encode_prompt(self.comps, [clip.caption])
+
+    def samples(self, model, step: int) -> list[Path]:
+        """Sample this rank's share of the prompts (prompt i on rank i % world); every rank gets all paths."""
+        from accelerate.utils import gather_object
+
+        v, acc = self.cfg.validation, self.acc
+        folder = self.out / "samples" / f"step-{step:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        aux = self._aux_components()
+        comps = Components(family=self.comps.family, source=self.comps.source, transformer=acc.unwrap_model(model),
+                           vae=aux.vae, text_encoder=aux.text_encoder, tokenizer=aux.tokenizer,
+                           scheduler=self.comps.scheduler, revision=self.comps.revision, extra=self.comps.extra)
+        offload = aux is not self.comps
+        mine = []
+        for i in range(acc.process_index, len(v.prompts), acc.num_processes):
+            if offload:
+                aux.vae.to(acc.device), aux.text_encoder.to(acc.device)
+            pipe = self.spec.pipeline(comps)
+            pipe.set_progress_bar_config(disable=True)
+            with torch.no_grad(), acc.autocast():
+                out = pipe(prompt=v.prompts[i], num_frames=v.num_frames, height=v.height, width=v.width,
+                           num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale,
+                           generator=torch.Generator(device=acc.device).manual_seed(v.seed + i), output_type="np",
+                           max_sequence_length=comps.extra.get("max_text_len", 512))
+            if offload:
+                aux.vae.to("cpu"), aux.text_encoder.to("cpu")
+                if acc.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            path = folder / f"prompt-{i:02d}.mp4"
+            write_mp4(out.frames[0], path, v.fps)
+            mine.append(str(path))
+        paths = gather_object(mine) if acc.num_processes > 1 else mine
+        return [Path(p) for p in sorted(paths)]
+
+    def _aux_components(self) -> Components:
+        if self.comps.vae is not None and self.comps.text_encoder is not None:
+            return self.comps
+        if self._aux is None:
+            from reelora.models.registry import load_model
+
+            _, self._aux = load_model(self.cfg.model, device="cpu", components=("vae", "text_encoder", "tokenizer"))
+        return self._aux
+
+
+def write_mp4(frames, path: Path, fps: int) -> None:
+    """Frames [F, H, W, 3] float in [0, 1] (or uint8) -> H.264 mp4."""
+    import av
+    import numpy as np
+
+    arr = np.asarray(frames)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    h, w = arr.shape[1] - arr.shape[1] % 2, arr.shape[2] - arr.shape[2] % 2
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for frame in arr:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
