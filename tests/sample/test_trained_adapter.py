@@ -12,19 +12,22 @@ WAN = dict(num_frames=5, height=32, width=32, steps=2)
 PROMPT = "exp style, a red room"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A few steps of configs/tiny-wan.yaml on the train/ test shards; returns the run's adapter folder."""
+def train_adapter(tmp, model: str):
+    """A few steps of configs/tiny-wan.yaml (with `model` swapped in) on the train/ test shards -> adapter folder."""
     from reelora.train.loop import run
     from tests.train.conftest import tiny_cfg, write_shards
 
-    tmp = tmp_path_factory.mktemp("trained")
     shards = write_shards(tmp / "shards")
     # A high learning rate so three steps move lora_B (initialised to zero) far enough to see in frames.
-    cfg = tiny_cfg(tmp / "run", shards, None, "train.max_steps=3", "train.checkpoint_every=0", "optim.lr=0.05",
-                   "optim.warmup_steps=0")
+    cfg = tiny_cfg(tmp / "run", shards, None, f"model={model}", "train.max_steps=3", "train.checkpoint_every=0",
+                   "optim.lr=0.05", "optim.warmup_steps=0")
     assert run(cfg) == 0
     return tmp / "run" / "adapter"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_adapter(tmp_path_factory.mktemp("trained"), "tiny-wan")
 
 
 def test_sample_with_adapter_from_training(trained, tmp_path):
@@ -47,3 +50,15 @@ def test_sample_with_adapter_from_training(trained, tmp_path):
     assert np.abs(comfy.astype(int) - styled).max() <= 1
     fused = Sampler("tiny-wan", [trained], fuse=True, progress=False).generate(PROMPT, **WAN).frames
     assert np.abs(fused.astype(int) - styled).max() <= 1
+
+
+def test_sample_tiny_ltx_with_adapter_from_training(tmp_path):
+    trained_ltx = train_adapter(tmp_path, "tiny-ltx")
+    settings = dict(num_frames=9, height=32, width=32, steps=2)
+    base = Sampler("tiny-ltx", progress=False).generate(PROMPT, **settings).frames
+    s = Sampler("tiny-ltx", [trained_ltx], progress=False)
+    assert s.adapters[0].lineage["reelora.base_model"] == "tiny-ltx" and s.warnings == []
+    styled = s.generate(PROMPT, **settings).frames
+    assert np.abs(styled.astype(int) - base).mean() > 0.5
+    zero = Sampler("tiny-ltx", [f"{trained_ltx}:0"], progress=False).generate(PROMPT, **settings).frames
+    assert np.array_equal(zero, base)
