@@ -5,8 +5,10 @@
         --frames 33 --height 480 --width 832 --steps 20 --device cuda
 
 Times the denoising loop (output_type="latent": the adapter only touches the transformer) unless
---decode is given. Each variant gets one warm-up clip and then --repeats timed clips; the median is
-reported. The three samplers are built one after another so only one backbone is in memory at a time.
+--decode is given. Each variant gets one warm-up clip, then the variants take turns for --repeats
+rounds and each reports its median: on a shared machine a load spike then hits all three alike,
+so the ratios stay meaningful. --sequential builds and times one variant at a time instead, for
+backbones too large to hold three copies in memory.
 """
 from __future__ import annotations
 
@@ -42,22 +44,21 @@ def random_adapter(model: str, out_dir: Path, rank: int, seed: int = 0) -> Path:
     return path
 
 
-def time_variant(sampler: Sampler, args: argparse.Namespace) -> list[float]:
+def clip_kwargs(sampler: Sampler, args: argparse.Namespace) -> dict:
     req = sampler.resolve(args.prompt, num_frames=args.frames, height=args.height, width=args.width, steps=args.steps)
-    kwargs = dict(prompt=req.prompt, num_frames=req.num_frames, height=req.height, width=req.width,
-                  num_inference_steps=req.steps, guidance_scale=req.guidance,
-                  max_sequence_length=sampler.comps.extra["max_text_len"],
-                  output_type="np" if args.decode else "latent")
-    times = []
-    for i in range(args.repeats + 1):  # the first run warms up kernels and allocators
-        sync(sampler.device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            sampler.pipe(generator=torch.Generator("cpu").manual_seed(i), **kwargs)
-        sync(sampler.device)
-        if i:
-            times.append(time.perf_counter() - t0)
-    return times
+    return dict(prompt=req.prompt, num_frames=req.num_frames, height=req.height, width=req.width,
+                num_inference_steps=req.steps, guidance_scale=req.guidance,
+                max_sequence_length=sampler.comps.extra["max_text_len"],
+                output_type="np" if args.decode else "latent")
+
+
+def time_clip(sampler: Sampler, kwargs: dict, seed: int) -> float:
+    sync(sampler.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        sampler.pipe(generator=torch.Generator("cpu").manual_seed(seed), **kwargs)
+    sync(sampler.device)
+    return time.perf_counter() - t0
 
 
 def sync(device: torch.device) -> None:
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", help="torch device (default cuda when available)")
     p.add_argument("--dtype", help="float32 / bfloat16 / float16 (default bf16 on GPU, fp32 on CPU)")
     p.add_argument("--prompt", default="a lighthouse at dusk, studio style")
+    p.add_argument("--sequential", action="store_true",
+                   help="hold one backbone in memory at a time (less robust to load changes than taking turns)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -87,16 +90,34 @@ def main(argv: list[str] | None = None) -> dict:
         variants = {"base": ([], False), "unfused": ([lora], False), "fused": ([lora], True)}
         results: dict = {"model": args.model, "lora": args.lora or f"random rank {args.rank}", "steps": args.steps,
                          "decode": args.decode, "threads": torch.get_num_threads(), "variants": {}}
-        for name, (loras, fuse) in variants.items():
-            sampler = Sampler(args.model, loras, fuse=fuse, device=args.device, dtype=args.dtype, progress=False)
-            times = time_variant(sampler, args)
-            results["device"] = str(sampler.device)
-            results["variants"][name] = {"median_s": statistics.median(times), "times_s": times}
-            del sampler
+
+        def make(loras: list[str], fuse: bool) -> Sampler:
+            return Sampler(args.model, loras, fuse=fuse, device=args.device, dtype=args.dtype, progress=False)
+
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        if args.sequential:
+            for name, (loras, fuse) in variants.items():
+                sampler = make(loras, fuse)
+                kwargs = clip_kwargs(sampler, args)
+                time_clip(sampler, kwargs, 0)  # warm-up: kernels, allocator
+                times[name] = [time_clip(sampler, kwargs, i) for i in range(args.repeats)]
+                del sampler
+        else:
+            samplers = {name: make(loras, fuse) for name, (loras, fuse) in variants.items()}
+            kwargs = clip_kwargs(samplers["base"], args)
+            for sampler in samplers.values():
+                time_clip(sampler, kwargs, 0)
+            for i in range(args.repeats):
+                for name, sampler in samplers.items():
+                    times[name].append(time_clip(sampler, kwargs, i))
+        results["device"] = str(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        results["mode"] = "sequential" if args.sequential else "interleaved"
+        for name, ts in times.items():
+            results["variants"][name] = {"median_s": statistics.median(ts), "times_s": ts}
 
     base = results["variants"]["base"]["median_s"]
     print(f"{args.model} on {results['device']} ({results['threads']} threads), {args.steps} steps, "
-          f"{'with' if args.decode else 'without'} VAE decode, adapter: {results['lora']}")
+          f"{'with' if args.decode else 'without'} VAE decode, adapter: {results['lora']}, {results['mode']}")
     for name, v in results["variants"].items():
         v["ratio_to_base"] = v["median_s"] / base
         print(f"  {name:<8} {v['median_s']:8.3f} s   x{v['ratio_to_base']:.2f} of base")

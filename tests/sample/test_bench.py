@@ -3,13 +3,18 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sample.py"
 
 
-def test_bench_sample_smoke(tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["interleaved", "sequential"])
+def test_bench_sample_smoke(tmp_path, capsys, mode):
     main = runpy.run_path(str(BENCH))["main"]
     out = tmp_path / "bench.json"
-    results = main(["--steps", "1", "--repeats", "1", "--rank", "4", "--json", str(out)])
+    extra = ["--sequential"] if mode == "sequential" else []
+    results = main(["--steps", "1", "--repeats", "1", "--rank", "4", "--json", str(out), *extra])
+    assert results["mode"] == mode
     assert set(results["variants"]) == {"base", "unfused", "fused"}
     assert results["variants"]["base"]["ratio_to_base"] == 1.0
     assert all(v["median_s"] > 0 for v in results["variants"].values())
