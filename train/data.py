@@ -8,7 +8,6 @@ integer, and it stays exact even with a different number of processes.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from dataclasses import dataclass, field
@@ -117,19 +116,13 @@ def _index_tar(path: Path) -> list[Clip]:
 
 
 def decode_frames(clip: Clip) -> torch.Tensor:
-    """Decode a clip to float frames [F, C, H, W] in [-1, 1]."""
-    import av
-    import numpy as np
+    """Decode a clip to float frames [F, C, H, W] in [-1, 1] (reelora.data's decoder)."""
+    from reelora.data.video import decode_clip
 
     try:
-        with av.open(io.BytesIO(clip.read_mp4())) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+        return decode_clip(clip.read_mp4(), dtype="float")
     except Exception as exc:
         raise DataError(f"clip {clip.key} in {clip.shard}: cannot decode ({type(exc).__name__}: {exc})") from exc
-    if not frames:
-        raise DataError(f"clip {clip.key} in {clip.shard}: no frames")
-    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
-    return x.div_(127.5).sub_(1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------

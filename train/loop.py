@@ -27,7 +27,7 @@ def run(cfg: Config) -> int:
 
     if cfg.train.deterministic:
         make_deterministic()
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu_multiprocess())
     try:
         return _run(cfg, accelerator)
     except (ConfigError, DataError, checkpoint.CheckpointError, NonFiniteError) as exc:
@@ -87,6 +87,13 @@ def _run(cfg: Config, accelerator) -> int:
 
 # ---------------------------------------------------------------------------------------------------------
 # Setup
+
+
+def cpu_multiprocess() -> bool:
+    """Launched as several processes on a machine without CUDA: accelerate must be told to use DDP over gloo."""
+    import os
+
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def make_deterministic() -> None:
@@ -275,6 +282,7 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
     from reelora import __version__
     from reelora.models.lora import lora_state_dict, save_adapter
 
+    check_replicas(cfg, accelerator, lora_state_dict(accelerator.unwrap_model(model)))
     if accelerator.is_main_process:
         shards = data["shards"]
         lineage = {
@@ -286,6 +294,23 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
         save_adapter(Path(cfg.train.output_dir) / "adapter", lora_state_dict(accelerator.unwrap_model(model)),
                      rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=targets, family=spec.family, lineage=lineage)
     accelerator.wait_for_everyone()
+
+
+def check_replicas(cfg: Config, accelerator, sd: dict) -> None:
+    """Every rank must hold the same adapter at the end; record the digests in OUTPUT/logs/replicas.json."""
+    import hashlib
+    import json
+
+    from accelerate.utils import gather_object
+
+    digest = hashlib.sha256(b"".join(sd[k].detach().cpu().float().numpy().tobytes() for k in sorted(sd))).hexdigest()
+    digests = gather_object([digest]) if accelerator.num_processes > 1 else [digest]
+    if accelerator.is_main_process:
+        path = Path(cfg.train.output_dir) / "logs" / "replicas.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"digests": digests}, indent=2))
+    if len(set(digests)) != 1:
+        raise checkpoint.CheckpointError(f"ranks ended with different LoRA weights: {digests}")
 
 
 def _teardown(accelerator) -> None:

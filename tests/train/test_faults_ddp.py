@@ -1,0 +1,81 @@
+"""SIGTERM mid-run and DDP over 2 processes (gloo on CPU): both resume exactly."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.train.conftest import DETERMINISTIC_ENV, cfg_args, train_py
+
+ROOT = Path(__file__).parents[2]
+
+
+def adapter(out: Path) -> dict:
+    return load_file(out / "adapter" / "pytorch_lora_weights.safetensors")
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "adapters differ"
+
+
+def steps_logged(out: Path) -> int:
+    path = out / "logs" / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path, shards, cache):
+    # Cosine schedule: the interrupted run keeps max_steps, so the resumed half follows the same schedule.
+    args = ("train.max_steps=12", "train.checkpoint_every=100", "optim.schedule=cosine")
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *cfg_args(cut, shards, cache, *args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **DETERMINISTIC_ENV})
+    deadline = time.time() + 120
+    while steps_logged(cut) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    done = sorted(p.name for p in (cut / "checkpoints").iterdir())
+    assert len(done) == 1 and done[0].startswith("step-")
+    stopped_at = int(done[0].split("-")[1])
+    assert 2 <= stopped_at < 12 and steps_logged(cut) == stopped_at and not (cut / "adapter").exists()
+
+    r = train_py(*cfg_args(cut, shards, cache, *args, "train.resume=latest"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert train_py(*cfg_args(straight, shards, cache, *args)).returncode == 0
+    assert_same(adapter(straight), adapter(cut))
+
+
+def accelerate_ddp(port: int, *args, timeout=300):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port), str(ROOT / "train.py"), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **DETERMINISTIC_ENV})
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_identical_replicas_and_exact_resume(tmp_path, shards, cache):
+    args = ("train.max_steps=4", "train.checkpoint_every=2", "optim.schedule=constant", "train.batch_size=1")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    r = accelerate_ddp(29611, *cfg_args(straight, shards, cache, *args))
+    assert r.returncode == 0, r.stderr[-3000:]
+    digests = json.loads((straight / "logs" / "replicas.json").read_text())["digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # both ranks end with the same adapter
+    state = json.loads((straight / "checkpoints" / "step-000004" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["samples_seen"] == 4 * 2
+
+    r = accelerate_ddp(29612, *cfg_args(split, shards, cache, *args, "train.max_steps=2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = accelerate_ddp(29613, *cfg_args(split, shards, cache, *args, "train.resume=latest"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same(adapter(straight), adapter(split))

@@ -1,0 +1,42 @@
+"""`reelora cache`: precompute VAE latents and text embeddings for a shard directory.
+
+Runs as one process, or under `accelerate launch -m reelora.cli cache ...` with each rank encoding every
+world-th clip and caption into the same content-addressed cache.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cache", help="encode shards to a reusable latent/text cache",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True, help="shard directory (with index.json)")
+    p.add_argument("--model", required=True, help="backbone: tiny-wan, tiny-ltx, a diffusers directory or a hub id")
+    p.add_argument("--out", required=True, help="cache directory (created; existing entries are reused)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="stored tensor dtype")
+    p.add_argument("--batch-size", type=int, default=1, help="clips per VAE call")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=handler)
+
+
+def handler(args) -> int:
+    from accelerate import PartialState
+
+    from reelora.train.cache import build_cache
+    from reelora.train.data import DataError
+    from reelora.train.loop import cpu_multiprocess
+
+    state = PartialState(cpu=cpu_multiprocess())  # rank/world from `accelerate launch`; a single process otherwise
+    try:
+        stats = build_cache(args.shards, args.model, args.out, rank=state.process_index, world=state.num_processes,
+                            dtype=args.dtype, device=state.device, batch_size=args.batch_size,
+                            progress=not args.no_progress and state.is_local_main_process)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"reelora cache: error: {exc}", file=sys.stderr)
+        return 1
+    state.wait_for_everyone()
+    print(json.dumps({"rank": state.process_index, **stats}))
+    return 0
