@@ -1,0 +1,110 @@
+"""`reelora sweep`: per-rank runs, skip on rerun, failed ranks reported, comparison files; one real tiny-wan run."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from reelora.cli import main
+from tests.research.conftest import ROOT
+
+CONFIG = str(ROOT / "configs" / "tiny-wan.yaml")
+
+
+def sweep(tmp_path, fake_train, *extra, overrides=()):
+    return main(["sweep", "--config", CONFIG, "--out", str(tmp_path / "sw"), "--train-script", str(fake_train),
+                 *extra, "data.shards=unused", "train.max_steps=3", *overrides])
+
+
+def test_fake_sweep_compares_ranks_and_reports_a_failed_one(tmp_path, fake_train, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_FAIL_RANK", "8")
+    rc = sweep(tmp_path, fake_train, "--ranks", "2,8,4", overrides=["validation.every=0"])
+    out = capsys.readouterr().out
+    assert rc == 1  # a rank failed
+    assert "[rank 8 (2/3)] FAILED" in out and "simulated out of memory" in out
+    res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    by_rank = {r["rank"]: r for r in res["runs"]}
+    assert [r["rank"] for r in res["runs"]] == [2, 8, 4]
+    assert by_rank[8]["status"] == "failed" and "simulated out of memory" in by_rank[8]["reason"]
+    assert by_rank[8]["log"] == str(tmp_path / "sw" / "rank-8" / "train.log")
+    assert res["failed"] == [{"rank": 8, "reason": by_rank[8]["reason"], "log": by_rank[8]["log"]}]
+    # the fake's held-out loss is 1/rank + 0.5, its adapter 32 * rank parameters
+    assert by_rank[4]["heldout_loss"] == pytest.approx(0.75) and res["best_rank"] == 4
+    assert by_rank[2]["adapter_params"] == 64 and by_rank[4]["adapter_params"] == 128
+    assert by_rank[4]["heldout_quantiles"] == {"0.1": pytest.approx(0.65), "0.9": pytest.approx(0.85)}
+    assert by_rank[4]["train_curve"][-1] == [3, pytest.approx(1 / 12)] and by_rank[4]["step_time_s"] == pytest.approx(0.04)
+    assert by_rank[2]["alpha"] == 2.0 and res["alpha_mode"] == "equal"
+    calls = (tmp_path / "sw" / "rank-4" / "calls.txt").read_text()
+    # validation forced on at the last step (validation.every=0 would leave no held-out loss)
+    assert "lora.rank=4 lora.alpha=4" in calls and "train.resume=latest" in calls and "validation.every=3" in calls
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "| 4 **(best)** | 4 | done | 0.75000 |" in md and "rank 8: exit code 1" in md
+    assert "held-out\" loss is measured on training clips" in md  # no validation.shards in the config
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
+
+    # Rerun: finished ranks are skipped, the failed one runs again (and now succeeds).
+    monkeypatch.delenv("FAKE_FAIL_RANK")
+    assert sweep(tmp_path, fake_train, "--ranks", "2,8,4", overrides=["validation.every=0"]) == 0
+    out = capsys.readouterr().out
+    assert "[rank 2 (1/3)] already finished" in out and "[rank 4 (3/3)] already finished" in out
+    assert len((tmp_path / "sw" / "rank-2" / "calls.txt").read_text().splitlines()) == 1
+    res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [r["status"] for r in res["runs"]] == ["skipped", "done", "skipped"] and res["best_rank"] == 8
+
+
+def test_fixed_alpha_and_custom_launcher(tmp_path, fake_train, capsys):
+    launch = f"{shlex.quote(sys.executable)} -u"
+    assert sweep(tmp_path, fake_train, "--ranks", "2,4", "--alpha", "8", "--launch", launch) == 0
+    res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert res["alpha_mode"] == "fixed" and [r["alpha"] for r in res["runs"]] == [8.0, 8.0]
+    assert "-u " in capsys.readouterr().out
+    # a lora.alpha override also means one alpha for all ranks
+    assert main(["sweep", "--config", CONFIG, "--out", str(tmp_path / "sw2"), "--train-script", str(fake_train),
+                 "--ranks", "4", "lora.alpha=2", "data.shards=x"]) == 0
+    assert json.loads((tmp_path / "sw2" / "sweep.json").read_text())["runs"][0]["alpha"] == 2.0
+
+
+def test_missing_launcher_is_a_failed_rank_not_a_crash(tmp_path, fake_train, capsys):
+    assert sweep(tmp_path, fake_train, "--ranks", "2", "--launch", "no-such-launcher-xyz") == 1
+    res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert "could not start 'no-such-launcher-xyz'" in res["failed"][0]["reason"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--ranks", "4,x"], "--ranks"),
+    (["--ranks", "4", "lora.rank=8"], "lora.rank"),
+    (["--ranks", "4", "lora.rnak=8"], "lora.rnak"),
+    (["--ranks", "4", "train.max_steps=0"], "train.max_steps"),
+    (["--ranks", "4", "--train-script", "nope.py"], "nope.py"),
+])
+def test_bad_input_names_the_option(tmp_path, capsys, args, message):
+    assert main(["sweep", "--config", CONFIG, "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "reelora sweep: error:" in err and message in err
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = capsys.readouterr().out
+    for opt in ("--ranks", "--alpha-mode", "--alpha", "--config", "--out", "--launch", "--train-script", "--timeout", "KEY=VALUE"):
+        assert opt in text
+
+
+def test_real_sweep_on_tiny_wan(tmp_path, tiny_data, capsys):
+    rc = main(["sweep", "--config", CONFIG, "--ranks", "1,4", "--out", str(tmp_path / "sw"), f"data.shards={tiny_data['train']}",
+               f"validation.shards={tiny_data['heldout']}", "train.max_steps=2", "train.checkpoint_every=0",
+               "validation.prompts=[]", "log.progress_bar=false"])
+    assert rc == 0, capsys.readouterr().out
+    res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    r1, r4 = res["runs"]
+    for r in (r1, r4):
+        assert r["status"] == "done" and r["steps"] == 2 and len(r["train_curve"]) == 2
+        assert 0 < r["heldout_loss"] < 10 and set(r["heldout_quantiles"]) == {"0.1", "0.3", "0.5", "0.7", "0.9"}
+        assert Path(r["output_dir"], "adapter", "pytorch_lora_weights.safetensors").is_file()
+    assert r4["adapter_params"] == 4 * r1["adapter_params"] and r4["adapter_bytes"] > r1["adapter_bytes"]
+    assert not res["heldout_is_training_data"]
+    assert (tmp_path / "sw" / "sweep.png").is_file() and "| 4" in (tmp_path / "sw" / "sweep.md").read_text()
