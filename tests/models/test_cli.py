@@ -51,3 +51,13 @@ def test_only_the_reelora_namespace_is_installed(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_notebook_api_is_reexported():
+    import reelora.models as m
+    from reelora.models.sample import Sampler, sample_clips
+
+    assert m.Sampler is Sampler and m.sample_clips is sample_clips
+    assert callable(m.load_model)
+    with pytest.raises(AttributeError, match="nope"):
+        m.nope
