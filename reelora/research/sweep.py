@@ -104,14 +104,7 @@ def run_training(cmd: list[str], out_dir: Path, label: str, log=print, timeout: 
     with open(log_path, "a") as f:
         f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(cmd)}\n")
         f.flush()
-        try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
-                                env={**os.environ, **(env or {})}).returncode
-            reason = None
-        except subprocess.TimeoutExpired:
-            rc, reason = None, f"timed out after {timeout:g}s"
-        except OSError as exc:  # launcher not found, not executable, ...
-            rc, reason = None, f"could not start {cmd[0]!r}: {exc}"
+        rc, reason = _run_process_group(cmd, f, timeout, {**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
     result = {"returncode": rc, "seconds": round(seconds, 3), "log": str(log_path), "command": cmd}
     if rc == 0 and not (out_dir / ADAPTER_FILE).is_file():
@@ -123,6 +116,41 @@ def run_training(cmd: list[str], out_dir: Path, label: str, log=print, timeout: 
     done.write_text(json.dumps(result, indent=2) + "\n")
     log(f"[{label}] done in {seconds:.1f}s")
     return {**result, "status": "done"}
+
+
+def _run_process_group(cmd: list[str], log_file, timeout: float | None, env: dict) -> tuple[int | None, str | None]:
+    """Run `cmd` in its own process group (a launcher's workers included) -> (returncode, failure reason).
+
+    On timeout or Ctrl-C the whole group gets SIGTERM, so train.py checkpoints and exits (a rerun resumes
+    it), then SIGKILL if it has not exited within a minute. Ctrl-C is re-raised after the group is gone.
+    """
+    import signal
+
+    try:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    except OSError as exc:  # launcher not found, not executable, ...
+        return None, f"could not start {cmd[0]!r}: {exc}"
+
+    def stop() -> None:
+        for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    try:
+        return proc.wait(timeout), None
+    except subprocess.TimeoutExpired:
+        stop()
+        return proc.returncode, f"timed out after {timeout:g}s (stopped; a rerun resumes from its last checkpoint)"
+    except KeyboardInterrupt:
+        stop()
+        raise
 
 
 def failure_reason(log_path: Path, max_chars: int = 300) -> str:
@@ -275,12 +303,21 @@ def run_sweep(args: argparse.Namespace, log=print) -> dict:
               "heldout_is_training_data": cfg.validation.shards is None}
     ok = [r for r in runs if r["status"] != "failed" and r.get("heldout_loss") is not None]
     result["best_rank"] = min(ok, key=lambda r: r["heldout_loss"])["rank"] if ok else None
+    result["smallest_rank_within_1pct"] = smallest_within(ok, 0.01)
     result["failed"] = [{"rank": r["rank"], "reason": r["reason"], "log": r["log"]} for r in runs if r["status"] == "failed"]
     (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "sweep.md").write_text(render_markdown(result))
     plot_sweep(result, out / "sweep.png")
     log(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}")
     return result
+
+
+def smallest_within(runs: list[dict], tolerance: float) -> int | None:
+    """The lowest rank whose held-out loss is within `tolerance` (relative) of the best one: often the pick."""
+    if not runs:
+        return None
+    best = min(r["heldout_loss"] for r in runs)
+    return min(r["rank"] for r in runs if r["heldout_loss"] <= best * (1 + tolerance))
 
 
 def _fmt(v, spec: str = ".4f") -> str:
@@ -316,6 +353,9 @@ def render_markdown(result: dict) -> str:
                      + (qs + " | " if quantiles else "")
                      + f"{_fmt(r.get('final_train_loss'))} | {r.get('steps', '—')} | {_fmt(r.get('step_time_s'), '.3f')} | "
                      f"{'—' if params is None else f'{params:,}'} | {_size(r.get('adapter_bytes'))} |")
+    if result.get("best_rank") is not None:
+        lines += ["", f"Lowest held-out loss: rank {result['best_rank']}; smallest rank within 1% of it: "
+                  f"rank {result['smallest_rank_within_1pct']}."]
     if result["failed"]:
         lines += ["", "## Failed ranks", ""]
         for f in result["failed"]:

@@ -139,6 +139,8 @@ def test_sweep_parsing_and_alpha():
     for bad in ("4,x", "0,4", "4,4", ""):
         with pytest.raises(ValueError, match="--ranks"):
             sweep.parse_ranks(bad)
+    runs = [{"rank": 4, "heldout_loss": 1.005}, {"rank": 8, "heldout_loss": 1.0}, {"rank": 2, "heldout_loss": 1.2}]
+    assert sweep.smallest_within(runs, 0.01) == 4 and sweep.smallest_within(runs, 0.001) == 8
     assert sweep.alpha_for(8, "equal", 4.0) == 8.0 and sweep.alpha_for(8, "fixed", 4.0) == 4.0
     assert suf.parse_fractions("1.0,0.25,0.5") == [0.25, 0.5, 1.0]
     with pytest.raises(ValueError, match="--fractions"):

@@ -108,3 +108,13 @@ def test_real_sweep_on_tiny_wan(tmp_path, tiny_data, capsys):
     assert r4["adapter_params"] == 4 * r1["adapter_params"] and r4["adapter_bytes"] > r1["adapter_bytes"]
     assert not res["heldout_is_training_data"]
     assert (tmp_path / "sw" / "sweep.png").is_file() and "| 4" in (tmp_path / "sw" / "sweep.md").read_text()
+
+
+def test_timeout_stops_the_run_and_reports_it(tmp_path, capsys):
+    slow = tmp_path / "slow_train.py"
+    slow.write_text("import time\nprint('starting', flush=True)\ntime.sleep(60)\n")
+    t0 = __import__("time").perf_counter()
+    assert sweep(tmp_path, slow, "--ranks", "2", "--timeout", "1") == 1
+    assert __import__("time").perf_counter() - t0 < 20
+    res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert res["failed"][0]["reason"].startswith("timed out after 1s")
