@@ -418,6 +418,10 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
     leaked = sorted({c["sha256"] for c in clips if c["sha256"]} & {c["sha256"] for c in held if c["sha256"]})
     if leaked:
         log(f"warning: {len(leaked)} held-out clips are also training clips (same sha256): held-out loss is optimistic")
+    used_held = min(cfg.validation.num_clips, len(held))
+    if used_held < len(held):
+        log(f"warning: validation.num_clips={cfg.validation.num_clips} measures held-out loss on only {used_held} of "
+            f"{len(held)} held-out clips; raise it (e.g. validation.num_clips={len(held)}) for a steadier curve")
     units = [c["title_id"] if args.by == "title" else c["key"] for c in clips]
     subsets = nested_subsets(units, fractions, args.seed)
     log(f"[sufficiency] {len(clips)} training clips in {len(set(c['title_id'] for c in clips))} titles, "
@@ -483,6 +487,7 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
     answer, reasons = verdict(scaling if scaling and scaling.get("fit") else None, div, mem, args.gain_threshold)
     result = {"config": args.config, "overrides": overrides, "heldout": str(heldout), "by": args.by, "seed": args.seed,
               "fractions": fractions, "num_training_clips": len(clips), "num_heldout_clips": len(held),
+              "heldout_clips_in_loss": used_held,
               "heldout_overlap": len(leaked), "runs": runs, "scaling": scaling, "diversity": div,
               "memorization": mem, "verdict": answer, "reasons": reasons,
               "failed": [{"fraction": r["fraction"], "reason": r["reason"], "log": r["log"]} for r in runs if r["status"] == "failed"]}
@@ -499,7 +504,8 @@ def render_markdown(r: dict) -> str:
     L += [f"- {x}" for x in r["reasons"]]
     L += ["", "## Scaling curve", "",
           f"Nested subsets of the {r['num_training_clips']} training clips by {r['by']} (seed {r['seed']}), every run "
-          f"with the same config and steps; held-out loss on {r['num_heldout_clips']} clips of `{r['heldout']}` "
+          f"with the same config and steps; held-out loss on {r['heldout_clips_in_loss']} of the {r['num_heldout_clips']} "
+          f"clips of `{r['heldout']}` (validation.num_clips) "
           "(mean flow-matching loss at the validation timestep quantiles, fixed noise).", "",
           "| fraction | clips | " + r["by"] + "s | status | held-out loss | final train loss | log |", "|---|---|---|---|---|---|---|"]
     for x in r["runs"]:

@@ -29,7 +29,7 @@ def test_fake_runs_give_the_known_scaling_law(tmp_path, tiny_data, fake_train, c
     d = res["scaling"]["doubling"]
     assert d["loss_at_n"] == pytest.approx(1.25) and d["gain"] == pytest.approx(0.125, rel=1e-4)
     assert res["verdict"].startswith("NOT ENOUGH") and "10.0%" in res["verdict"]
-    assert res["memorization"] is None and res["heldout_overlap"] == 0
+    assert res["memorization"] is None and res["heldout_overlap"] == 0 and res["heldout_clips_in_loss"] == 2
     dv = res["diversity"]
     assert dv["num_clips"] == 8 and dv["num_titles"] == 4 and dv["effective_titles"] == pytest.approx(4.0)
     assert 1.0 <= dv["effective_clips"] <= 8.0
