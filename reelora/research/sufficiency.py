@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from reelora.research.sweep import (add_training_arguments, default_train_script, launch_prefix,
-                                    load_checked_config, run_training, summarize_run, train_command)
+                                    load_checked_config, run_settings, run_training, summarize_run, train_command)
 
 FEATURE_FRAMES = 4  # frames kept per clip for the thumbnail features
 FEATURE_SIZE = 8  # thumbnail side (area means over an 8x8 grid)
@@ -441,7 +441,7 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
             run_over.append("train.resume=latest")
         label = f"fraction {f:g}: {len(keys)} clips" + (f", {len(chosen)} titles" if args.by == "title" else "") + f" ({i + 1}/{len(fractions)})"
         status = run_training(train_command(prefix, script, args.config, run_over), run_dir, label, log,
-                              timeout=args.timeout)
+                              timeout=args.timeout, settings=run_settings(args.config, run_over))
         entry = {"fraction": f, "num_clips": len(keys), "num_units": len(chosen), "subset": str(sub_dir),
                  "output_dir": str(run_dir), **status}
         if status["status"] != "failed":
@@ -550,6 +550,7 @@ def plot_scaling(r: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     s = r.get("scaling")
@@ -563,6 +564,10 @@ def plot_scaling(r: dict, path: Path) -> None:
             ax.axvline(full, ls="--", color="gray", lw=0.8)
             ax.plot([2 * full], [s["doubling"]["loss_at_2n"]], "x", color="red", label="predicted at 2x data")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ticks = sorted(set(s["n"]) | ({r["num_training_clips"], 2 * r["num_training_clips"]} if s.get("fit") else set()))
+        ax.set_xticks(ticks)
         ax.legend(fontsize=8)
     ax.set_xlabel("training clips"), ax.set_ylabel("held-out loss"), ax.set_title("data scaling")
     fig.tight_layout()

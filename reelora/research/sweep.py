@@ -84,9 +84,20 @@ def train_command(prefix: list[str], script: str, config: str | None, overrides:
 # Running
 
 
+def run_settings(config: str | None, overrides: list[str]) -> dict:
+    """What makes a finished run reusable: the config file's content and the overrides (not the launcher)."""
+    import hashlib
+
+    text = Path(config).read_bytes() if config else b""
+    return {"config_sha256": hashlib.sha256(text).hexdigest(), "overrides": list(overrides)}
+
+
 def run_training(cmd: list[str], out_dir: Path, label: str, log=print, timeout: float | None = None,
-                 env: dict | None = None) -> dict:
+                 env: dict | None = None, settings: dict | None = None) -> dict:
     """Run one training subprocess with its output in OUT_DIR/train.log; never raises for a failed run.
+
+    A run finished earlier with the same `settings` is skipped; one finished with other settings raises
+    ValueError (its results would be mixed into this comparison).
 
     Returns:
         {"status": "done"|"skipped"|"failed", "returncode", "seconds", "log", "reason" (failed only)}.
@@ -96,6 +107,9 @@ def run_training(cmd: list[str], out_dir: Path, label: str, log=print, timeout: 
     log_path = out_dir / "train.log"
     if done.is_file() and (out_dir / ADAPTER_FILE).is_file():
         prev = json.loads(done.read_text())
+        if settings is not None and prev.get("settings") != settings:
+            raise ValueError(f"{out_dir} holds a finished run with other settings (config file or overrides differ; "
+                             f"see {done}): choose another --out, or delete {out_dir} to retrain it")
         log(f"[{label}] already finished ({done}); skipping")
         return {**prev, "status": "skipped", "log": str(log_path)}
     log(f"[{label}] training -> {out_dir} (log: {log_path})")
@@ -106,7 +120,7 @@ def run_training(cmd: list[str], out_dir: Path, label: str, log=print, timeout: 
         f.flush()
         rc, reason = _run_process_group(cmd, f, timeout, {**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
-    result = {"returncode": rc, "seconds": round(seconds, 3), "log": str(log_path), "command": cmd}
+    result = {"returncode": rc, "seconds": round(seconds, 3), "log": str(log_path), "command": cmd, "settings": settings}
     if rc == 0 and not (out_dir / ADAPTER_FILE).is_file():
         reason = f"exited 0 but wrote no {out_dir / ADAPTER_FILE}"
     if rc != 0 or reason:
@@ -290,7 +304,7 @@ def run_sweep(args: argparse.Namespace, log=print) -> dict:
             run_over.append("train.resume=latest")  # continue a rank that was interrupted
         label = f"rank {rank} ({i + 1}/{len(ranks)})"
         status = run_training(train_command(prefix, script, args.config, run_over), run_dir, label, log,
-                              timeout=args.timeout)
+                              timeout=args.timeout, settings=run_settings(args.config, run_over))
         entry = {"rank": rank, "alpha": alpha, "output_dir": str(run_dir), **status}
         if status["status"] != "failed":
             entry.update(summarize_run(run_dir))
@@ -384,7 +398,7 @@ def plot_sweep(result: dict, path: Path) -> None:
     ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.set_title("loss per rank")
     if ax1.lines:
         ax1.legend(fontsize=8)
-    ok = [r for r in result["runs"] if r.get("heldout_loss") is not None]
+    ok = sorted((r for r in result["runs"] if r.get("heldout_loss") is not None), key=lambda r: r["rank"])
     if ok:
         ax2.plot([r["rank"] for r in ok], [r["heldout_loss"] for r in ok], "o-")
         ax2.set_xscale("log", base=2)

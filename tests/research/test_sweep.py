@@ -53,6 +53,9 @@ def test_fake_sweep_compares_ranks_and_reports_a_failed_one(tmp_path, fake_train
     assert len((tmp_path / "sw" / "rank-2" / "calls.txt").read_text().splitlines()) == 1
     res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [r["status"] for r in res["runs"]] == ["skipped", "done", "skipped"] and res["best_rank"] == 8
+    # a rerun with other settings must not silently reuse the old runs
+    assert sweep(tmp_path, fake_train, "--ranks", "2", overrides=["validation.every=0", "optim.lr=0.5"]) == 2
+    assert "holds a finished run with other settings" in capsys.readouterr().err
 
 
 def test_fixed_alpha_and_custom_launcher(tmp_path, fake_train, capsys):
