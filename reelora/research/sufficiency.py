@@ -424,6 +424,14 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
             f"{len(held)} held-out clips; raise it (e.g. validation.num_clips={len(held)}) for a steadier curve")
     units = [c["title_id"] if args.by == "title" else c["key"] for c in clips]
     subsets = nested_subsets(units, fractions, args.seed)
+    kept: list[float] = []
+    for f in fractions:  # with few titles two fractions can round to the same subset: train it once
+        if kept and subsets[kept[-1]] == subsets[f]:
+            log(f"warning: fraction {f:g} selects the same {len(subsets[f])} {args.by}s as {kept[-1]:g}; training it once")
+            kept[-1] = f
+        else:
+            kept.append(f)
+    fractions = kept
     log(f"[sufficiency] {len(clips)} training clips in {len(set(c['title_id'] for c in clips))} titles, "
         f"{len(held)} held-out clips; subsets by {args.by}, seed {args.seed}")
 

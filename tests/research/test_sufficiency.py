@@ -83,3 +83,13 @@ def test_real_sufficiency_on_tiny_wan(tmp_path, tiny_data, capsys):
     capsys.readouterr()
     assert main([*args[:8], "0", *args[9:]]) == 0
     assert capsys.readouterr().out.count("already finished") == 2
+
+
+def test_fractions_that_round_to_the_same_subset_train_once(tmp_path, tiny_data, fake_train, capsys):
+    out = tmp_path / "suf"
+    assert main(["sufficiency", "--config", CONFIG, "--fractions", "0.2,0.25,1", "--samples", "0", "--train-script",
+                 str(fake_train), "--out", str(out), f"data.shards={tiny_data['train']}",
+                 f"validation.shards={tiny_data['heldout']}"]) == 0
+    assert "selects the same 1 titles" in capsys.readouterr().out
+    res = json.loads((out / "sufficiency.json").read_text())
+    assert [(r["fraction"], r["num_units"]) for r in res["runs"]] == [(0.25, 1), (1.0, 4)]
