@@ -2,7 +2,9 @@
 # The whole product on a laptop-class CPU in under 15 minutes, from a fresh clone:
 #   real CC-BY footage -> rights-checked shards -> tiny pretrained base (built once, then cached)
 #   -> latent cache -> style LoRA trained by 2 processes (DDP) -> base vs adapter samples -> report.
-# Usage: bash scripts/demo.sh        (env: RUN=runs/demo BASE_MINUTES=5 PORT=29517 STEPS=300)
+# Usage: bash scripts/demo.sh
+#   env knobs (defaults): RUN=runs/demo BASE_MINUTES=5 PORT=29517 STEPS=300 NUM_SAMPLES=8 SAMPLE_STEPS=20
+#   the suite runs it small: BASE_MINUTES=0.1 STEPS=4 NUM_SAMPLES=2 SAMPLE_STEPS=2
 # Prints where the report is; runs/demo/metrics.json holds the style distances and the base VAE PSNR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,7 +15,8 @@ PORT=${PORT:-29517}
 STEPS=${STEPS:-300}
 SPLIT_S=4.0           # Big Buck Bunny before this second trains the adapter, after it is held out
 FRAMES=5 FPS=16 SIZE=32
-NUM_SAMPLES=8         # prompts x seeds sampled with the base and with the adapter
+NUM_SAMPLES=${NUM_SAMPLES:-8}       # prompts x seeds sampled with the base and with the adapter
+SAMPLE_STEPS=${SAMPLE_STEPS:-20}
 
 # No hub, no telemetry: everything the demo needs is built here or comes from the package registry.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
@@ -93,7 +96,7 @@ for i in range(int(sys.argv[2])):
     print(json.dumps({"prompt": caps[i % len(caps)], "seed": i, "name": f"{i:03d}"}))
 EOF
 common=(--model "$RUN/base" --prompts "$RUN/prompts.jsonl" --num-frames $FRAMES --height $SIZE --width $SIZE
-        --steps 20 --guidance 4.0 --fps 8 --quiet)
+        --steps $SAMPLE_STEPS --guidance 4.0 --fps 8 --quiet)
 reelora sample "${common[@]}" --out "$RUN/samples/base"
 reelora sample "${common[@]}" --lora "$RUN/train/adapter/pytorch_lora_weights.safetensors:1.0" --out "$RUN/samples/lora"
 mark sample "$s"
