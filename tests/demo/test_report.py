@@ -1,6 +1,7 @@
 """The demo report: self-contained page, every picture exists, metrics from shards and sample folders."""
 import io
 import json
+import shutil
 import tarfile
 
 import numpy as np
@@ -104,3 +105,25 @@ def test_demo_report_names_a_missing_shard_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no shard .tar"):
         read_shard_clips(tmp_path / "empty")
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(not _chromium(), reason="no headless Chromium (apt-get install chromium)")
+def test_page_renders_with_its_pictures_in_headless_chromium(tmp_path):
+    import subprocess
+
+    sheet = tmp_path / "sheet.png"
+    Image.new("RGB", (200, 100), (230, 20, 20)).save(sheet)  # a red the page itself never uses
+    page = build_report(tmp_path / "run", metrics={"style_distance_base": 2.0, "style_distance_lora": 1.0},
+                        base_sheet=sheet, lora_sheet=sheet)
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1200,1200", f"--screenshot={shot}", page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=90)
+    assert shot.is_file(), proc.stderr[-2000:]
+    px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    red = (px[..., 0] > 200) & (px[..., 1] < 60) & (px[..., 2] < 60)
+    assert red.sum() > 2 * 150 * 60  # both contact sheets were loaded and drawn
