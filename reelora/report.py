@@ -245,7 +245,14 @@ def build_report(out_dir: str | Path, *, metrics: dict, audit: dict | None = Non
         verdict = '<p class="verdict no">Style distances not available.</p>'
     sections.append(verdict)
 
-    sections.append("<h2>Metrics</h2>" + _table(_flatten(metrics), ["metric", "value"]))
+    # Headline numbers first; the per-term breakdowns and timings fold away under them.
+    head = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    detail = {k: v for k, v in metrics.items() if isinstance(v, dict)}
+    block = "<h2>Metrics</h2>" + _table(_flatten(head), ["metric", "value"])
+    if detail:
+        block += ("<details open><summary>Breakdown: style terms (Lab units), motion energy, clip counts, timings"
+                  "</summary>" + _table(_flatten(detail), ["metric", "value"]) + "</details>")
+    sections.append(block)
 
     pair = []
     for label, sheet, name in (("Base model", base_sheet, "base_samples.png"), ("Base + adapter", lora_sheet, "lora_samples.png")):

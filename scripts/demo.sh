@@ -3,7 +3,7 @@
 #   real CC-BY footage -> rights-checked shards -> tiny pretrained base (built once, then cached)
 #   -> latent cache -> style LoRA trained by 2 processes (DDP) -> base vs adapter samples -> report.
 # Usage: bash scripts/demo.sh
-#   env knobs (defaults): RUN=runs/demo BASE_MINUTES=5 PORT=29517 STEPS=300 NUM_SAMPLES=8 SAMPLE_STEPS=20
+#   env knobs (defaults): RUN=runs/demo BASE_MINUTES=5 BASE_SEED=0 PORT=29517 STEPS=300 NUM_SAMPLES=8 SAMPLE_STEPS=20
 #   the suite runs it small: BASE_MINUTES=0.1 STEPS=4 NUM_SAMPLES=2 SAMPLE_STEPS=2
 # Prints where the report is; runs/demo/metrics.json holds the style distances and the base VAE PSNR.
 set -euo pipefail
@@ -11,6 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 RUN=${RUN:-runs/demo}
 BASE_MINUTES=${BASE_MINUTES:-5}
+BASE_SEED=${BASE_SEED:-0}
 PORT=${PORT:-29517}
 STEPS=${STEPS:-300}
 SPLIT_S=4.0           # Big Buck Bunny before this second trains the adapter, after it is held out
@@ -68,7 +69,7 @@ mark shards "$s"
 
 stage "tiny pretrained base (built once per settings, then reused from \${XDG_CACHE_HOME:-~/.cache}/reelora)"
 s=$(date +%s)
-reelora base build --out "$RUN/base" --minutes "$BASE_MINUTES"
+reelora base build --out "$RUN/base" --minutes "$BASE_MINUTES" --seed "$BASE_SEED"
 mark base "$s"
 
 stage "latent + text cache"
