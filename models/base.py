@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from reelora.data.procedural import CorpusSettings, corpus, to_model_input
-from reelora.models.common import count_params, flow_match_noise
+from reelora.models.common import count_params
 from reelora.models.wan import WanSpec
 
 INFO_FILE = "reelora_base.json"
@@ -110,8 +110,9 @@ class BaseSettings:
 def auto_threads() -> int:
     """All cores on an idle machine, one when others are busy.
 
-    Measured on a shared 2-core box: with other processes running, two OpenMP threads made a VAE step
-    5x *slower* than one (threads wait on each other at every op); alone, two are faster.
+    Measured on a shared 2-core box: with other processes running, two OpenMP threads made a Wan 2.1-layout
+    VAE step at 32x32 5x *slower* than one (threads wait on each other at every op). The default recipe
+    (patchified VAE on 16x16 frames) is overhead-bound: 1 and 2 threads both ran ~11.5 steps/s.
     """
     cores = os.cpu_count() or 1
     try:
@@ -131,6 +132,8 @@ def build_base(out: str | Path | None, settings: BaseSettings = BaseSettings(), 
 
     `threads`: torch intra-op threads while training; None picks `auto_threads()`.
     """
+    if out is None and not use_cache:
+        raise ValueError("build_base: without the cache an output directory is needed (out=None, use_cache=False)")
     key = settings.key()
     cached = cache_root() / "base" / key
     if use_cache and (cached / INFO_FILE).is_file():
@@ -348,4 +351,4 @@ def _heldout_loss(spec: WanSpec, comps, z: torch.Tensor, captions: list[str], s:
     return float(np.mean(total))
 
 
-__all__ = ["BaseSettings", "build_base", "cache_root", "INFO_FILE", "flow_match_noise"]
+__all__ = ["BaseSettings", "build_base", "cache_root", "auto_threads", "INFO_FILE"]

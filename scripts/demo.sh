@@ -3,7 +3,7 @@
 #   real CC-BY footage -> rights-checked shards -> tiny pretrained base (built once, then cached)
 #   -> latent cache -> style LoRA trained by 2 processes (DDP) -> base vs adapter samples -> report.
 # Usage: bash scripts/demo.sh
-#   env knobs (defaults): RUN=runs/demo BASE_MINUTES=5 BASE_SEED=0 PORT=29517 STEPS=300 NUM_SAMPLES=8 SAMPLE_STEPS=20
+#   env knobs (defaults): RUN=runs/demo BASE_MINUTES=5 BASE_SEED=0 PORT=29517 STEPS=1000 NUM_SAMPLES=16 SAMPLE_STEPS=20
 #   the suite runs it small: BASE_MINUTES=0.1 STEPS=4 NUM_SAMPLES=2 SAMPLE_STEPS=2
 # Prints where the report is; runs/demo/metrics.json holds the style distances and the base VAE PSNR.
 set -euo pipefail
@@ -13,10 +13,10 @@ RUN=${RUN:-runs/demo}
 BASE_MINUTES=${BASE_MINUTES:-5}
 BASE_SEED=${BASE_SEED:-0}
 PORT=${PORT:-29517}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-1000}
 SPLIT_S=4.0           # Big Buck Bunny before this second trains the adapter, after it is held out
 FRAMES=5 FPS=16 SIZE=32
-NUM_SAMPLES=${NUM_SAMPLES:-8}       # prompts x seeds sampled with the base and with the adapter
+NUM_SAMPLES=${NUM_SAMPLES:-16}      # prompts x seeds sampled with the base and with the adapter
 SAMPLE_STEPS=${SAMPLE_STEPS:-20}
 
 # No hub, no telemetry: everything the demo needs is built here or comes from the package registry.

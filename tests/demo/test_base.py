@@ -69,6 +69,8 @@ def test_bad_settings_are_named():
         BaseSettings(num_frames=4)
     with pytest.raises(ValueError, match="minutes"):
         BaseSettings(minutes=0)
+    with pytest.raises(ValueError, match="output directory"):
+        build_base(None, BaseSettings(**TINY), use_cache=False)
 
 
 def test_cli_registers_base_build(capsys):
