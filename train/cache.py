@@ -37,7 +37,14 @@ class CacheIds:
 
     @classmethod
     def of(cls, comps, dtype: str = "fp32") -> "CacheIds":
-        ident = f"{comps.source}@{comps.revision}" if comps.revision else comps.source
+        from reelora.models.common import is_local
+
+        # A local directory is named by its weights hash, not its path: `runs/x/base` and its absolute path
+        # (or a moved copy) are the same model and must hit the same cache entries.
+        if is_local(comps.source) and comps.revision:
+            ident = f"local@{comps.revision}"
+        else:
+            ident = f"{comps.source}@{comps.revision}" if comps.revision else comps.source
         return cls(vae=f"{ident}/vae", text_encoder=f"{ident}/text_encoder", dtype=dtype,
                    max_text_len=int(comps.extra.get("max_text_len", 0)))
 

@@ -65,3 +65,17 @@ def test_cached_and_on_the_fly_training_agree(shards, cache, tmp_path):
     la = [json.loads(l)["train/loss"] for l in (a / "logs/metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(l)["train/loss"] for l in (b / "logs/metrics.jsonl").read_text().splitlines()]
     assert la == pytest.approx(lb, rel=1e-4)
+
+
+def test_local_model_cache_is_found_by_any_path_to_it(shards, tmp_path, monkeypatch):
+    # The cache names a local model by its weights hash: a relative path, its absolute path or a moved
+    # copy of the directory reuse the same entries instead of re-encoding everything.
+    from reelora.models.registry import load_model
+
+    spec, comps = load_model("tiny-wan")
+    spec.pipeline(comps).save_pretrained(tmp_path / "models" / "base")
+    monkeypatch.chdir(tmp_path)
+    first = build_cache(str(shards), "models/base", str(tmp_path / "c"), progress=False)
+    assert first["latents_written"] == 6
+    again = build_cache(str(shards), str(tmp_path / "models" / "base"), str(tmp_path / "c"), progress=False)
+    assert again["latents_written"] == 0 and again["latents_skipped"] == 6 and again["text_written"] == 0
