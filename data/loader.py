@@ -34,6 +34,22 @@ class Member:
     size: int
 
 
+def tar_members(path: str | Path) -> dict[str, dict[str, Member]]:
+    """Every sample of a WebDataset tar, in tar order: key -> {extension: where its bytes are}.
+
+    Reading members by offset afterwards gives random access without re-scanning; the training reader
+    uses this too. Raises OSError / tarfile.TarError for an unreadable file (callers name their context).
+    """
+    samples: dict[str, dict[str, Member]] = {}
+    with tarfile.open(path, "r:") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.rsplit("/", 1)[-1].partition(".")
+            samples.setdefault(key, {})[ext] = Member(m.offset_data, m.size)
+    return samples
+
+
 class ShardSet:
     """Random access to the samples of the shards listed in `DIR/index.json`, via tar headers."""
 
@@ -56,19 +72,13 @@ class ShardSet:
         self._files: dict[int, Any] = {}
 
     def _scan(self, shard: int, path: Path) -> list[str]:
-        keys: list[str] = []
         try:
-            with tarfile.open(path, "r:") as tar:
-                for m in tar:
-                    if not m.isfile():
-                        continue
-                    key, _, ext = m.name.rsplit("/", 1)[-1].partition(".")
-                    if not keys or keys[-1] != key:
-                        keys.append(key)
-                    self._members.setdefault((shard, key), {})[ext] = Member(m.offset_data, m.size)
+            samples = tar_members(path)
         except (OSError, tarfile.TarError) as exc:
             raise ShardError(f"{path}: unreadable shard: {exc}") from exc
-        return keys
+        for key, members in samples.items():
+            self._members[(shard, key)] = members
+        return list(samples)
 
     def __len__(self) -> int:
         return sum(len(k) for k in self.keys)

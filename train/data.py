@@ -89,29 +89,22 @@ def open_shards(directory: str | Path, what: str = "data.shards") -> ShardSet:
 
 
 def _index_tar(path: Path) -> list[Clip]:
-    found: dict[str, dict] = {}
-    order: list[str] = []
+    from reelora.data.loader import tar_members
+
+    clips = []
     try:
-        with tarfile.open(path, "r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.rsplit("/", 1)[-1].partition(".")
-                if key not in found:
-                    found[key] = {}
-                    order.append(key)
-                if ext == "mp4":
-                    found[key]["mp4"] = (m.offset_data, m.size)
-                elif ext == "json":
-                    found[key]["json"] = json.loads(tar.extractfile(m).read())
+        samples = tar_members(path)
+        with open(path, "rb") as f:
+            for key, members in samples.items():
+                if "mp4" not in members:
+                    raise DataError(f"shard {path}: sample {key!r} has no .mp4")
+                meta = {}
+                if "json" in members:
+                    f.seek(members["json"].offset)
+                    meta = json.loads(f.read(members["json"].size))
+                clips.append(Clip(key, str(path), members["mp4"].offset, members["mp4"].size, meta=meta))
     except (tarfile.TarError, OSError, ValueError) as exc:
         raise DataError(f"shard {path}: unreadable ({type(exc).__name__}: {exc})") from exc
-    clips = []
-    for key in order:
-        parts = found[key]
-        if "mp4" not in parts:
-            raise DataError(f"shard {path}: sample {key!r} has no .mp4")
-        clips.append(Clip(key, str(path), *parts["mp4"], meta=parts.get("json", {})))
     return clips
 
 
