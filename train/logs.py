@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from reelora.files import write_text_atomic
+
 
 def peak_memory_gb(device: torch.device) -> float:
     """Peak accelerator memory allocated (CUDA), else the process's peak resident set size."""
@@ -29,6 +31,17 @@ def wandb_mode() -> str:
     return "offline"
 
 
+def new_run_id() -> str:
+    """A fresh wandb run id (8 lowercase base-36 characters, wandb's own format).
+
+    Ours, not `wandb.util.generate_id`: wandb removed that in 0.28.2.
+    """
+    import secrets
+
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
 class MetricLogger:
     def __init__(self, cfg, accelerator, start_step: int = 0):
         self.cfg, self.acc, self.main = cfg, accelerator, accelerator.is_main_process
@@ -46,8 +59,8 @@ class MetricLogger:
 
             # A stable id per output dir: a resumed run continues the same wandb run.
             id_file = self.dir / "wandb_id"
-            run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
-            id_file.write_text(run_id)
+            run_id = id_file.read_text().strip() if id_file.is_file() else new_run_id()
+            write_text_atomic(id_file, run_id)
             self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.log.wandb_run_name or Path(cfg.train.output_dir).name,
                                     id=run_id, resume="allow", dir=str(self.dir), mode=wandb_mode(), config=cfg.to_dict())
         if cfg.log.progress_bar:

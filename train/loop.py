@@ -226,9 +226,15 @@ def restore(path: Path, transformer, optimizer, scheduler, cfg: Config) -> tuple
     except ValueError as exc:
         raise checkpoint.CheckpointError(f"{path}: {exc} (was lora.rank or lora.target_modules changed?)") from exc
     scheduler.load_state_dict(state["scheduler"])
+    step = int(state["step"])
+    # The param groups hold the LR the saved run's schedule set for its next step. Recompute it from this
+    # run's schedule (what LambdaLR would have set), so extending train.max_steps under a decaying
+    # schedule uses the new schedule from the first resumed step on.
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * lr_factor(cfg, step)
     if state.get("config_hash") != config_hash(_resume_invariant(cfg)):
         print(f"warning: resuming {path} with a different config than it was written with", file=sys.stderr)
-    return int(state["step"]), int(state["samples_seen"])
+    return step, int(state["samples_seen"])
 
 
 def _resume_invariant(cfg: Config) -> Config:

@@ -140,3 +140,18 @@ def test_nonfinite_loss_stops_before_the_optimizer_step(tmp_path, shards, cache,
     clips = open_shards(shards).clips
     batch3 = list(StreamBatches(len(clips), 2, 0, 0, 1, start=4).__iter__().__next__())
     assert clips[batch3[1]].key in err and clips[batch3[0]].key not in err
+
+
+def test_extending_a_run_continues_exactly(tmp_path, shards, cache):
+    """3 steps, then train.max_steps=6 on resume == 6 steps straight (cosine schedule with warmup 2: its first
+    3 LRs do not depend on max_steps, so the only thing that can differ is the LR restored for step 4)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    extra = ("train.checkpoint_every=0", "train.max_steps=6")
+    assert train_py(*cfg_args(straight, shards, cache, *extra)).returncode == 0
+    assert train_py(*cfg_args(split, shards, cache, *extra, "train.max_steps=3")).returncode == 0
+    r = train_py(*cfg_args(split, shards, cache, *extra, "train.resume=latest"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    by_step = {m["step"]: (m["train/loss"], m["train/lr"]) for m in metrics(straight)}
+    resumed = {m["step"]: (m["train/loss"], m["train/lr"]) for m in metrics(split) if m["step"] > 3}
+    assert resumed == {s: by_step[s] for s in (4, 5, 6)}
+    assert_same_tensors(adapter(straight), adapter(split))
