@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from reelora.safeyaml import MAX_BYTES, YAMLLimitError, load_yaml, short_repr
+
 TITLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _LINE = "__line__"
 
@@ -113,7 +115,7 @@ class Library:
         for t in self.titles:
             if t.id == title_id:
                 return t
-        raise KeyError(f"{self.path}: no title with id {title_id!r}")
+        raise KeyError(f"{self.path}: no title with id {short_repr(title_id)}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -140,11 +142,15 @@ def load_library(path: str | Path) -> Library:
     """
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise ManifestError(f"{path}: {path.stat().st_size} bytes, more than the {MAX_BYTES} a manifest may have")
         raw_bytes = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read library manifest: {exc.strerror or exc}") from exc
     try:
-        doc = yaml.load(raw_bytes.decode("utf-8"), Loader=_LineLoader)
+        doc = load_yaml(raw_bytes.decode("utf-8"), str(path), _LineLoader)
+    except YAMLLimitError as exc:
+        raise ManifestError(str(exc)) from None
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not valid UTF-8 ({exc})") from exc
     except yaml.YAMLError as exc:
@@ -165,7 +171,7 @@ def load_library(path: str | Path) -> Library:
         title = _parse_title(entry, path)
         if title.id in seen:
             raise ManifestError(
-                f"{path}:{title.line}: duplicate title id {title.id!r} (first at line {seen[title.id]})"
+                f"{path}:{title.line}: duplicate title id {short_repr(title.id)} (first at line {seen[title.id]})"
             )
         seen[title.id] = title.line
         titles.append(title)
@@ -180,14 +186,14 @@ def load_library(path: str | Path) -> Library:
 
 def _parse_title(entry: Any, manifest: Path) -> Title:
     if not isinstance(entry, dict):
-        raise ManifestError(f"{manifest}: every entry of 'titles' must be a mapping, got {entry!r}")
+        raise ManifestError(f"{manifest}: every entry of 'titles' must be a mapping, got {short_repr(entry)}")
     line = entry.get(_LINE, 0)
     tid = entry.get("id")
     if not isinstance(tid, str) or not TITLE_ID.match(tid):
         raise ManifestError(
-            f"{manifest}:{line}: title id {tid!r} must be 1-64 letters, digits, '_' or '-'"
+            f"{manifest}:{line}: title id {short_repr(tid)} must be 1-64 letters, digits, '_' or '-'"
         )
-    where = f"{manifest}:{line}: title {tid!r}"
+    where = f"{manifest}:{line}: title {short_repr(tid)}"
     _check_keys(
         entry,
         {"id", "path", "title", "description", "rights", "performers", "exclude", "captions"},
@@ -225,17 +231,17 @@ def _parse_rights(raw: Any, where: str) -> Rights | None:
     _check_keys(raw, {"holder", "license", "training_allowed", "expires"}, where)
     allowed = raw.get("training_allowed")
     if not isinstance(allowed, bool):
-        raise ManifestError(f"{where}.training_allowed must be true or false, got {allowed!r}")
+        raise ManifestError(f"{where}.training_allowed must be true or false, got {short_repr(allowed)}")
     expires = raw.get("expires")
     if isinstance(expires, str):
         try:
             expires = dt.date.fromisoformat(expires)
         except ValueError as exc:
-            raise ManifestError(f"{where}.expires {expires!r} is not a YYYY-MM-DD date") from exc
+            raise ManifestError(f"{where}.expires {short_repr(expires)} is not a YYYY-MM-DD date") from exc
     if isinstance(expires, dt.datetime):
         expires = expires.date()
     if expires is not None and not isinstance(expires, dt.date):
-        raise ManifestError(f"{where}.expires must be a YYYY-MM-DD date, got {expires!r}")
+        raise ManifestError(f"{where}.expires must be a YYYY-MM-DD date, got {short_repr(expires)}")
     return Rights(
         holder=_string(raw, "holder", where, required=True),
         license=_string(raw, "license", where, required=True),
@@ -246,13 +252,13 @@ def _parse_rights(raw: Any, where: str) -> Rights | None:
 
 def _parse_performer(raw: Any, where: str) -> Performer:
     if not isinstance(raw, dict):
-        raise ManifestError(f"{where}: each performer must be a mapping, got {raw!r}")
+        raise ManifestError(f"{where}: each performer must be a mapping, got {short_repr(raw)}")
     name = _string(raw, "name", f"{where}: performer", required=True)
-    pwhere = f"{where}: performer {name!r}"
+    pwhere = f"{where}: performer {short_repr(name)}"
     _check_keys(raw, {"name", "consent", "appears"}, pwhere)
     consent = raw.get("consent")
     if not isinstance(consent, bool):
-        raise ManifestError(f"{pwhere}: 'consent' must be true or false, got {consent!r}")
+        raise ManifestError(f"{pwhere}: 'consent' must be true or false, got {short_repr(consent)}")
     return Performer(name=name, consent=consent, appears=_ranges(raw.get("appears") or [], f"{pwhere}: appears"))
 
 
@@ -267,7 +273,7 @@ def _ranges(raw: Any, where: str) -> tuple[tuple[float, float], ...]:
             and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in item)
         )
         if not ok or not 0 <= item[0] < item[1]:
-            raise ManifestError(f"{where}: {item!r} is not a [start, end] range with 0 <= start < end")
+            raise ManifestError(f"{where}: {short_repr(item)} is not a [start, end] range with 0 <= start < end")
         out.append((float(item[0]), float(item[1])))
     return tuple(out)
 
@@ -276,10 +282,10 @@ def _string(raw: dict, key: str, where: str, required: bool = False) -> str:
     value = raw.get(key)
     if value is None:
         if required:
-            raise ManifestError(f"{where}: missing required key {key!r}")
+            raise ManifestError(f"{where}: missing required key {short_repr(key)}")
         return ""
     if not isinstance(value, str) or (required and not value.strip()):
-        raise ManifestError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+        raise ManifestError(f"{where}: {short_repr(key)} must be a non-empty string, got {short_repr(value)}")
     return value
 
 

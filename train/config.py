@@ -21,6 +21,10 @@ from typing import Any, Literal
 
 import yaml
 
+from reelora.safeyaml import YAMLLimitError, load_yaml, read_yaml_file, short_repr
+
+CONFIG_MAX_VALUES = 100_000  # a training config has a few hundred values; more is a mistake or an alias bomb
+
 
 class ConfigError(ValueError):
     """A config problem a user can fix: the message names the key (and file) at fault."""
@@ -276,37 +280,39 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, opt, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"config key {key!r}: {value!r} is not {_type_name(tp)}")
+        raise ConfigError(f"config key {key!r}: {short_repr(value)} is not {_type_name(tp)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(map(str, allowed))}")
+            raise ConfigError(f"config key {key!r}: {short_repr(value)} is not one of {', '.join(map(str, allowed))}")
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+            raise ConfigError(f"config key {key!r}: expected a list, got {short_repr(value)}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if value is None:
         raise ConfigError(f"config key {key!r}: must not be null")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected true or false, got {short_repr(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:  # torch generators and tensors take 64-bit integers
+                raise ConfigError(f"config key {key!r}: {short_repr(value)} is out of range (a 64-bit integer)")
             return value
-        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected an integer, got {short_repr(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
-                raise ConfigError(f"config key {key!r}: must be finite, got {value!r}")
+                raise ConfigError(f"config key {key!r}: must be finite, got {short_repr(value)}")
             return float(value)
-        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected a number, got {short_repr(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected a string, got {short_repr(value)}")
     raise ConfigError(f"config key {key!r}: unsupported type {tp}")  # pragma: no cover
 
 
@@ -330,7 +336,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: bad key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw, f"override {key}", max_values=CONFIG_MAX_VALUES) if raw.strip() else ""
+    except YAMLLimitError as exc:
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) and _looks_float(value):
@@ -368,8 +376,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
+            data = read_yaml_file(p, max_values=CONFIG_MAX_VALUES) or {}
+        except YAMLLimitError as exc:
+            raise ConfigError(str(exc)) from None
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigError(f"config file {str(p)!r}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(p)!r}: top level must be a mapping of sections")
