@@ -28,12 +28,16 @@ def run(cfg: Config) -> int:
     if cfg.train.deterministic:
         make_deterministic()
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu_multiprocess())
+    lock = None
     try:
+        lock = lock_output_dir(cfg, accelerator)
         return _run(cfg, accelerator)
     except (ConfigError, DataError, checkpoint.CheckpointError, NonFiniteError) as exc:
         print(f"[rank {accelerator.process_index}] error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
+        if lock is not None:
+            lock.release()
         _teardown(accelerator)
 
 
@@ -104,6 +108,25 @@ def make_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.mkldnn.enabled = False
+
+
+def lock_output_dir(cfg: Config, accelerator):
+    """One run per train.output_dir: the main process locks it; every rank fails alike if another run holds it."""
+    from reelora.lock import LockError, RunLock
+
+    lock, message = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = RunLock(cfg.train.output_dir, "training").acquire()
+        except LockError as exc:
+            message = f"config key 'train.output_dir': {exc}"
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message])[0]
+    if message:
+        raise ConfigError(message)
+    return lock
 
 
 def resolve_resume(cfg: Config) -> Path | None:

@@ -155,3 +155,20 @@ def test_extending_a_run_continues_exactly(tmp_path, shards, cache):
     resumed = {m["step"]: (m["train/loss"], m["train/lr"]) for m in metrics(split) if m["step"] > 3}
     assert resumed == {s: by_step[s] for s in (4, 5, 6)}
     assert_same_tensors(adapter(straight), adapter(split))
+
+
+def test_two_trainers_on_one_output_dir(tmp_path, shards, cache):
+    from tests.reelora.test_lock import _holder
+
+    out = tmp_path / "run"
+    p = _holder(out)
+    try:
+        r = train_py(*cfg_args(out, shards, cache, "train.max_steps=1"))
+    finally:
+        p.kill()
+        p.wait()
+    assert r.returncode == 1
+    assert "train.output_dir" in r.stderr and f"pid {p.pid}" in r.stderr
+    assert not (out / "checkpoints").exists()
+    r = train_py(*cfg_args(out, shards, cache, "train.max_steps=1"))
+    assert r.returncode == 0, r.stderr[-2000:]
