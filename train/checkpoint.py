@@ -85,6 +85,15 @@ def load(path: str | Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, 
     return lora, state
 
 
+def read_state(path: str | Path) -> dict:
+    """A complete checkpoint's state.json (step, data position, the config keys it was trained with)."""
+    path = Path(path)
+    try:
+        return json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path / 'state.json'}: unreadable checkpoint state ({exc})") from exc
+
+
 def remove_partial(output_dir: str | Path) -> list[Path]:
     """Delete leftover temporary folders from interrupted saves (they are never resumed from)."""
     root = checkpoint_dir(output_dir)

@@ -403,16 +403,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         raise
 
 
-def config_hash(cfg: Config) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Help text from the field docstrings (the single place each option is described)
-
-
 def field_docs(cls: type) -> dict[str, str]:
     """Attribute docstrings (the string literal under each field) of a dataclass, by field name."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))

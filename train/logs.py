@@ -31,6 +31,22 @@ def wandb_mode() -> str:
     return "offline"
 
 
+def keep_until(jsonl: Path, step: int) -> None:
+    """Drop records after `step` (written by a run that stopped after its last checkpoint), so a resumed
+    run's log holds each step once. A torn last line (killed mid-write) goes too."""
+    if not jsonl.is_file():
+        return
+    kept = []
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    write_text_atomic(jsonl, "".join(kept))
+
+
 def new_run_id() -> str:
     """A fresh wandb run id (8 lowercase base-36 characters, wandb's own format).
 
@@ -53,6 +69,7 @@ class MetricLogger:
         if not self.main:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        keep_until(self.dir / "metrics.jsonl", start_step)
         self.jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
         if cfg.log.wandb_project:
             import wandb

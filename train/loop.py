@@ -6,14 +6,16 @@ validate.py and logs.py. Runs as one process (`python train.py`) or many (`accel
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from reelora.train import checkpoint
-from reelora.train.config import Config, ConfigError, config_hash
+from reelora.train.config import Config, ConfigError
 from reelora.train.data import ClipDataset, DataError, StreamBatches, batches, open_shards
 from reelora.train.step import NonFiniteError, StepContext, train_step
 
@@ -95,15 +97,11 @@ def _run(cfg: Config, accelerator) -> int:
 
 def cpu_multiprocess() -> bool:
     """Launched as several processes on a machine without CUDA: accelerate must be told to use DDP over gloo."""
-    import os
-
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def make_deterministic() -> None:
     """Same inputs, same bits, in any process (train.deterministic)."""
-    import os
-
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS initialises
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
@@ -138,10 +136,13 @@ def resolve_resume(cfg: Config) -> Path | None:
                               f"to continue that run, or choose another train.output_dir")
         return None
     if resume == "latest":
-        return checkpoint.latest(out)
-    path = Path(resume)
-    if not (path / checkpoint.MARKER).is_file():
-        raise ConfigError(f"config key 'train.resume': {path} is not a complete checkpoint folder (no {checkpoint.MARKER})")
+        path = checkpoint.latest(out)
+    else:
+        path = Path(resume)
+        if not (path / checkpoint.MARKER).is_file():
+            raise ConfigError(f"config key 'train.resume': {path} is not a complete checkpoint folder (no {checkpoint.MARKER})")
+    if path is not None:
+        check_resume_config(path, checkpoint.read_state(path), cfg)
     return path
 
 
@@ -255,18 +256,52 @@ def restore(path: Path, transformer, optimizer, scheduler, cfg: Config) -> tuple
     # schedule uses the new schedule from the first resumed step on.
     for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = base_lr * lr_factor(cfg, step)
-    if state.get("config_hash") != config_hash(_resume_invariant(cfg)):
-        print(f"warning: resuming {path} with a different config than it was written with", file=sys.stderr)
     return step, int(state["samples_seen"])
 
 
-def _resume_invariant(cfg: Config) -> Config:
-    """The config minus keys that may legitimately change on resume (steps, resume, logging)."""
-    import copy
+# Keys that may change on resume without changing what is trained: how long, where, how it is logged,
+# validated and checkpointed, how many loader workers.
+RESUME_FREE = ("train.resume", "train.max_steps", "train.output_dir", "train.checkpoint_every", "train.keep_last",
+               "data.num_workers", "log.", "validation.")
+# Keys whose change makes the resumed run a different model: refused.
+RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules")
 
-    c = copy.deepcopy(cfg)
-    c.train.resume, c.train.max_steps, c.log = None, 0, type(cfg.log)()
-    return c
+
+def resume_config(cfg: Config) -> dict[str, Any]:
+    """The flattened config keys a checkpoint records for resume checks (RESUME_FREE left out)."""
+    flat = _flatten(cfg.to_dict())
+    return {k: v for k, v in flat.items() if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE)}
+
+
+def check_resume_config(path: Path, state: dict, cfg: Config) -> None:
+    """Name the keys that differ from the checkpoint's run; refuse those that change the model being trained.
+
+    Raises:
+        ConfigError: model, lora.rank, lora.alpha or lora.target_modules differ.
+    """
+    saved = state.get("config")
+    if saved is None:  # written before checkpoints recorded their config: nothing to compare key by key
+        return
+    mine = resume_config(cfg)
+    changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    fixed = [k for k in changed if k in RESUME_FIXED]
+    if fixed:
+        detail = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {mine.get(k)!r} now" for k in fixed)
+        raise ConfigError(f"config key {fixed[0]!r}: cannot resume {path} with a different {', '.join(fixed)} ({detail}); "
+                          f"start a new train.output_dir instead")
+    if changed and os.environ.get("RANK", "0") == "0":
+        detail = ", ".join(f"{k} ({saved.get(k)!r} -> {mine.get(k)!r})" for k in changed)
+        print(f"warning: resuming {path} with changed settings: {detail}", file=sys.stderr, flush=True)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -278,7 +313,7 @@ def save_checkpoint(cfg, accelerator, model, optimizer, scheduler, step: int, sa
 
     if accelerator.is_main_process:
         state = {"samples_seen": samples_seen, "scheduler": scheduler.state_dict(),
-                 "world_size": accelerator.num_processes, "config_hash": config_hash(_resume_invariant(cfg))}
+                 "world_size": accelerator.num_processes, "config": resume_config(cfg)}
         checkpoint.save(cfg.train.output_dir, step, lora_state_dict(accelerator.unwrap_model(model)), optimizer,
                         state, cfg.train.keep_last)
     accelerator.wait_for_everyone()
