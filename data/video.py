@@ -402,7 +402,10 @@ def encode_clip(frames: np.ndarray, fps: float, crf: int = 18, preset: str = "me
     with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset, "threads": "1"}
+        stream.options = {"crf": str(crf), "preset": preset}
+        # x264's output depends on its thread count, and the "threads" option set through stream.options is
+        # not honoured by PyAV: set it on the codec context (one thread: bytes independent of the machine).
+        stream.codec_context.thread_count = 1
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
