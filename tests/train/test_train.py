@@ -197,3 +197,16 @@ def test_resume_names_changed_keys_refuses_model_changes_and_keeps_one_record_pe
     assert "train.seed (0 -> 5)" in r.stderr and "train.batch_size (2 -> 1)" in r.stderr
     assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]
     assert all(m["train/loss"] != 9.0 for m in metrics(out))
+
+
+def test_exact_resume_as_a_user_runs_it(tmp_path, shards, cache):
+    """train.deterministic alone (no MKL/OMP variables in the environment) gives a bitwise-equal resume."""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MKL_", "OMP_"))}
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    plain = lambda *a: subprocess.run([sys.executable, str(ROOT / "train.py"), *a], capture_output=True, text=True,
+                                      timeout=300, cwd=ROOT, env=env)
+    assert plain(*cfg_args(straight, shards, cache, *RESUME)).returncode == 0
+    assert plain(*cfg_args(split, shards, cache, *RESUME, "train.max_steps=3")).returncode == 0
+    r = plain(*cfg_args(split, shards, cache, *RESUME, "train.resume=latest"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_tensors(adapter(straight), adapter(split))
