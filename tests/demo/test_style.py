@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from reelora.data.style import from_model_output, rgb_to_lab, style_distance, style_stats, style_terms
+from reelora.demo.style import from_model_output, rgb_to_lab, style_distance, style_stats, style_terms
 
 
 def _clips(seed=0, n=4, shape=(5, 16, 16)):

@@ -118,7 +118,7 @@ def test_memorization_flags_copies_and_not_fresh_clips():
 
 
 def test_diversity_counts_titles_and_distinct_clips():
-    from reelora.data.style import style_stats
+    from reelora.demo.style import style_stats
 
     red = np.zeros((3, 16, 16, 3), np.uint8)
     red[..., 0] = 220

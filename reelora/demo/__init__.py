@@ -1,0 +1,6 @@
+"""The demo's scaffolding, not part of the pipeline a user runs on their own library.
+
+procedural.py (the synthetic pretraining corpus), pretrain.py (the tiny base model's pretraining
+recipe), footage.py (real CC-BY sample footage), style.py (the colour/tone style metric), report.py
+(the demo's HTML report) and cli.py (`reelora base build`). scripts/demo.sh strings them together.
+"""
