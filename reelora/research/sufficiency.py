@@ -15,8 +15,6 @@ The math (fit, effective number, memorization ratio, subsets) lives in plain fun
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import math
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from reelora.files import sha256_bytes, write_text_atomic
 from reelora.research.sweep import (add_training_arguments, default_train_script, launch_prefix,
                                     load_checked_config, run_settings, run_training, summarize_run, train_command)
 
@@ -145,7 +144,7 @@ def write_subset(src: str | Path, dst: str | Path, keys: Sequence[str]) -> dict:
     src, dst = Path(src), Path(dst)
     wanted = set(keys)
     src_index = read_index(src)
-    digest = hashlib.sha256(("\n".join(sorted(wanted)) + "\n" + (src / INDEX).read_text()).encode()).hexdigest()
+    digest = sha256_bytes(("\n".join(sorted(wanted)) + "\n" + (src / INDEX).read_text()).encode())
     if (dst / INDEX).is_file():
         old = json.loads((dst / INDEX).read_text())
         if old.get("subset", {}).get("sha256") == digest:
@@ -163,7 +162,8 @@ def write_subset(src: str | Path, dst: str | Path, keys: Sequence[str]) -> dict:
     index = {k: v for k, v in src_index.items() if k not in ("shards", "num_samples")}
     index.update({"format": FORMAT, "shards": entries, "num_samples": len(found),
                   "subset": {"of": str(src), "num_keys": len(found), "sha256": digest}})
-    (dst / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    # Written last and atomically: the next call reads it to decide whether this subset can be reused.
+    write_text_atomic(dst / INDEX, json.dumps(index, indent=2) + "\n")
     return index
 
 
@@ -355,20 +355,15 @@ def parse_fractions(text: str) -> list[float]:
     return fr
 
 
-def _decode(mp4: bytes) -> np.ndarray:
-    from reelora.demo.style import read_video
-
-    return read_video(io.BytesIO(mp4))
-
-
 def summarize_clips(shard_dir: str | Path, log=print) -> tuple[list[str], list[dict], np.ndarray, list[dict]]:
     """(keys, metas, features [n, d], style stats) of every clip in a shard directory, one clip in memory at a time."""
     from reelora.data.loader import iter_clips
+    from reelora.demo.style import read_video
 
     keys, metas, feats, stats = [], [], [], []
     for key, meta, mp4 in iter_clips(shard_dir):
         try:
-            f, st = clip_summary(_decode(mp4))
+            f, st = clip_summary(read_video(mp4))
         except Exception as exc:
             raise ValueError(f"{shard_dir}: clip {key} cannot be decoded ({type(exc).__name__}: {exc})") from exc
         keys.append(key), metas.append(meta), feats.append(f), stats.append(st)
