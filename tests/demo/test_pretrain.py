@@ -71,11 +71,3 @@ def test_bad_settings_are_named():
         BaseSettings(minutes=0)
     with pytest.raises(ValueError, match="output directory"):
         build_base(None, BaseSettings(**TINY), use_cache=False)
-
-
-def test_cli_registers_base_build(capsys):
-    from reelora.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(["base", "build", "--help"])
-    assert exc.value.code == 0 and "--minutes" in capsys.readouterr().out
