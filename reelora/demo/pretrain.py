@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reelora.demo import cache_root
 from reelora.demo.procedural import CorpusSettings, corpus, to_model_input
 from reelora.models.common import count_params
 from reelora.models.wan import WanSpec
@@ -120,10 +121,6 @@ def auto_threads() -> int:
     except OSError:
         busy = 0.0
     return 1 if busy > 0.5 else cores
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reelora"
 
 
 def build_base(out: str | Path | None, settings: BaseSettings = BaseSettings(), *, use_cache: bool = True,
