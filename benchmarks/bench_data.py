@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="reelora-bench-") as tmp:
         root = Path(tmp)
         if args.real:
-            from reelora.data.footage import sample_library
+            from reelora.demo.footage import sample_library
 
             library = sample_library(root / "lib")
         else:

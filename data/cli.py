@@ -142,7 +142,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _sample_library(args: argparse.Namespace) -> int:
-    from reelora.data.footage import FootageError, sample_library
+    from reelora.demo.footage import FootageError, sample_library
 
     try:
         path = sample_library(args.dest)

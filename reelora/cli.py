@@ -18,7 +18,8 @@ _COMMAND_MODULES = (
     "reelora.data.cli",  # shards build/audit/takedown
     "reelora.train.cli",  # cache
     "reelora.models.sample_cli",  # sample
-    "reelora.research",  # base build, sweep, sufficiency
+    "reelora.demo.cli",  # base build
+    "reelora.research",  # sweep, sufficiency
 )
 
 

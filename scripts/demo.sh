@@ -90,7 +90,7 @@ s=$(date +%s)
 # Prompts: the held-out clips' own captions, seeds 0..N-1 (JSONL: one line per clip).
 python - "$RUN/heldout" "$NUM_SAMPLES" > "$RUN/prompts.jsonl" <<'EOF'
 import json, sys
-from reelora.report import read_shard_clips
+from reelora.demo.report import read_shard_clips
 _, metas = read_shard_clips(sys.argv[1])
 caps = [m.get("caption", "") for m in metas] or ["sample style"]
 for i in range(int(sys.argv[2])):
@@ -105,7 +105,7 @@ mark sample "$s"
 stage "metrics and report"
 total=$(( $(date +%s) - t0 ))
 timings=$(for k in "${!took[@]}"; do printf '"%s": %s, ' "$k" "${took[$k]}"; done)
-python -m reelora.report --run "$RUN" --heldout "$RUN/heldout" --train-shards "$RUN/shards" \
+python -m reelora.demo.report --run "$RUN" --heldout "$RUN/heldout" --train-shards "$RUN/shards" \
   --base-samples "$RUN/samples/base" --lora-samples "$RUN/samples/lora" --train-dir "$RUN/train" \
   --base-model "$RUN/base" --extra "{\"stage_seconds\": {${timings%, }}, \"demo_seconds_before_report\": $total}"
 

@@ -4,7 +4,10 @@ OUTPUT/checkpoints/step-NNNNNN/
     lora.safetensors         trainable LoRA weights (peft names), never the frozen base
     optimizer.safetensors    optimizer state tensors, keyed "<param index>.<name>"
     state.json               step, samples consumed (data position), LR scheduler, optimizer param groups
-    COMPLETE                 written last; a folder without it is ignored (and cleaned up) on resume
+    COMPLETE                 written last; a folder without it is never resumed from
+
+A save writes into checkpoints/.tmp-step-NNNNNN-PID/ and renames it when complete; a save cut short
+(crash, full disk) leaves that folder behind, and the next run removes it when it starts (remove_partial).
 
 Everything is safetensors + JSON: resume never unpickles anything.
 """

@@ -1,11 +1,10 @@
-"""Research tools: the tiny pretrained base, rank sweeps, data sufficiency (subcommands registered here)."""
+"""Research tools: rank sweeps, data sufficiency (subcommands registered here)."""
 import argparse
 
-from reelora.research import base, sufficiency, sweep
+from reelora.research import sufficiency, sweep
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """`reelora base ...`, `reelora sweep`, `reelora sufficiency`."""
-    base.register(sub)
+    """`reelora sweep`, `reelora sufficiency`."""
     sweep.register(sub)
     sufficiency.register(sub)

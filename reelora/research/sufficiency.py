@@ -3,7 +3,7 @@
 1. Scaling: train on nested subsets of the training clips (by title or by clip, fixed by a seed: the
    25% subset is inside the 50% one), each run with the same config and steps, and measure the held-out
    loss. Fit the saturating power law L(n) = a n^-b + c and predict what doubling the library would buy.
-2. Diversity: per-clip colour/tone statistics from reelora.data.style, title balance, and the effective
+2. Diversity: per-clip colour/tone statistics from reelora.demo.style, title balance, and the effective
    number of distinct clips (the Vendi score of a Gaussian similarity between clip thumbnails in Lab).
 3. Memorization: sample from the adapter trained on all the data with training captions and compare each
    sample's nearest-neighbour distance to training clips with that to held-out clips. An adapter that
@@ -15,8 +15,6 @@ The math (fit, effective number, memorization ratio, subsets) lives in plain fun
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import math
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from reelora.files import sha256_bytes, write_text_atomic
 from reelora.research.sweep import (add_training_arguments, default_train_script, launch_prefix,
                                     load_checked_config, run_settings, run_training, summarize_run, train_command)
 
@@ -145,7 +144,7 @@ def write_subset(src: str | Path, dst: str | Path, keys: Sequence[str]) -> dict:
     src, dst = Path(src), Path(dst)
     wanted = set(keys)
     src_index = read_index(src)
-    digest = hashlib.sha256(("\n".join(sorted(wanted)) + "\n" + (src / INDEX).read_text()).encode()).hexdigest()
+    digest = sha256_bytes(("\n".join(sorted(wanted)) + "\n" + (src / INDEX).read_text()).encode())
     if (dst / INDEX).is_file():
         old = json.loads((dst / INDEX).read_text())
         if old.get("subset", {}).get("sha256") == digest:
@@ -163,7 +162,8 @@ def write_subset(src: str | Path, dst: str | Path, keys: Sequence[str]) -> dict:
     index = {k: v for k, v in src_index.items() if k not in ("shards", "num_samples")}
     index.update({"format": FORMAT, "shards": entries, "num_samples": len(found),
                   "subset": {"of": str(src), "num_keys": len(found), "sha256": digest}})
-    (dst / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    # Written last and atomically: the next call reads it to decide whether this subset can be reused.
+    write_text_atomic(dst / INDEX, json.dumps(index, indent=2) + "\n")
     return index
 
 
@@ -177,7 +177,7 @@ def clip_feature(frames: np.ndarray, num_frames: int = FEATURE_FRAMES, size: int
     Frames are picked evenly in time and averaged over a size x size grid of cells, so clips of different
     lengths and resolutions (training clips vs samples) compare directly, in Lab units.
     """
-    from reelora.data.style import rgb_to_lab
+    from reelora.demo.style import rgb_to_lab
 
     x = np.asarray(frames)
     if x.ndim != 4 or x.shape[-1] != 3:
@@ -230,7 +230,7 @@ def effective_count(counts: Sequence[int]) -> float:
 
 def clip_summary(frames: np.ndarray) -> tuple[np.ndarray, dict]:
     """One clip -> (thumbnail feature, style statistics dict): all diversity needs, so frames can be dropped."""
-    from reelora.data.style import style_stats
+    from reelora.demo.style import style_stats
 
     return clip_feature(frames), style_stats([frames]).to_dict()
 
@@ -355,20 +355,15 @@ def parse_fractions(text: str) -> list[float]:
     return fr
 
 
-def _decode(mp4: bytes) -> np.ndarray:
-    from reelora.data.style import read_video
-
-    return read_video(io.BytesIO(mp4))
-
-
 def summarize_clips(shard_dir: str | Path, log=print) -> tuple[list[str], list[dict], np.ndarray, list[dict]]:
     """(keys, metas, features [n, d], style stats) of every clip in a shard directory, one clip in memory at a time."""
     from reelora.data.loader import iter_clips
+    from reelora.demo.style import read_video
 
     keys, metas, feats, stats = [], [], [], []
     for key, meta, mp4 in iter_clips(shard_dir):
         try:
-            f, st = clip_summary(_decode(mp4))
+            f, st = clip_summary(read_video(mp4))
         except Exception as exc:
             raise ValueError(f"{shard_dir}: clip {key} cannot be decoded ({type(exc).__name__}: {exc})") from exc
         keys.append(key), metas.append(meta), feats.append(f), stats.append(st)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reelora.report import missing_pictures
+from reelora.demo.report import missing_pictures
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 """The procedural pretraining corpus: deterministic per (seed, index), varied, captions name what is drawn."""
 import numpy as np
 
-from reelora.data.procedural import COLOURS, CorpusSettings, clip, corpus, to_model_input
+from reelora.demo.procedural import COLOURS, CorpusSettings, clip, corpus, to_model_input
 
 
 def test_deterministic_and_independent_of_corpus_size():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reelora.report import build_report, demo_report, main, missing_pictures, read_shard_clips
+from reelora.demo.report import build_report, main, missing_pictures, read_shard_clips
 
 
 def _clip(colour, frames=5, size=16, seed=0):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from reelora.data.style import from_model_output, rgb_to_lab, style_distance, style_stats, style_terms
+from reelora.demo.style import from_model_output, rgb_to_lab, style_distance, style_stats, style_terms
 
 
 def _clips(seed=0, n=4, shape=(5, 16, 16)):
@@ -88,3 +88,28 @@ def test_bad_inputs_are_named():
         style_stats([np.zeros((5, 3, 8, 8), np.float32)])
     with pytest.raises(ValueError, match="from_model_output"):
         style_stats([np.full((2, 4, 4, 3), -0.5, np.float32)])
+
+
+def test_read_video_from_path_bytes_and_file_object(tmp_path):
+    import io
+
+    from reelora.demo.style import read_video
+    from reelora.models.media import write_mp4
+
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    frames[:, :, :, 0] = np.array([40, 120, 200], np.uint8)[:, None, None]  # red ramps up over time
+    path = write_mp4(tmp_path / "clip.mp4", frames, fps=8)
+    from_path = read_video(path)
+    assert from_path.dtype == np.uint8 and from_path.shape == (3, 16, 16, 3)
+    assert np.abs(from_path.astype(int) - frames).max() <= 8  # H.264 at crf 12 is near-lossless
+    assert np.array_equal(read_video(path.read_bytes()), from_path)
+    assert np.array_equal(read_video(io.BytesIO(path.read_bytes())), from_path)
+
+
+def test_read_video_names_a_file_it_cannot_decode(tmp_path):
+    from reelora.demo.style import read_video
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    with pytest.raises(ValueError, match="broken.mp4: cannot decode"):
+        read_video(broken)

@@ -1,4 +1,5 @@
-"""`reelora sweep`: per-rank runs, skip on rerun, failed ranks reported, comparison files; one real tiny-wan run."""
+"""reelora/research/sweep.py: `reelora sweep` (per-rank runs, skip on rerun, failed ranks reported, comparison
+files; one real tiny-wan run), rank parsing and run summaries."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from reelora.cli import main
+from reelora.research import sweep as sw
 from tests.research.conftest import ROOT
 
 CONFIG = str(ROOT / "configs" / "tiny-wan.yaml")
@@ -121,3 +123,28 @@ def test_timeout_stops_the_run_and_reports_it(tmp_path, capsys):
     assert __import__("time").perf_counter() - t0 < 20
     res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert res["failed"][0]["reason"].startswith("timed out after 1s")
+
+
+def test_parse_ranks_smallest_within_and_alpha():
+    assert sw.parse_ranks("4, 8,16") == [4, 8, 16]
+    for bad in ("4,x", "0,4", "4,4", ""):
+        with pytest.raises(ValueError, match="--ranks"):
+            sw.parse_ranks(bad)
+    runs = [{"rank": 4, "heldout_loss": 1.005}, {"rank": 8, "heldout_loss": 1.0}, {"rank": 2, "heldout_loss": 1.2}]
+    assert sw.smallest_within(runs, 0.01) == 4 and sw.smallest_within(runs, 0.001) == 8
+    assert sw.alpha_for(8, "equal", 4.0) == 8.0 and sw.alpha_for(8, "fixed", 4.0) == 4.0
+
+
+def test_summarize_run_takes_the_last_record_per_step(tmp_path):
+    (tmp_path / "logs").mkdir()
+    recs = [{"step": 1, "train/loss": 2.0, "train/step_time": 9.0}, {"step": 2, "train/loss": 1.5, "train/step_time": 0.2},
+            {"step": 2, "val/loss": 1.4, "val/loss_q0.5": 1.4},
+            # resumed after a crash: step 2 again, then 3
+            {"step": 2, "train/loss": 1.6, "train/step_time": 0.4}, {"step": 3, "train/loss": 1.2, "train/step_time": 0.3},
+            {"step": 3, "val/loss": 1.3, "val/loss_q0.5": 1.3}]
+    (tmp_path / "logs" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n{\"step\": 4, \"trai")
+    s = sw.summarize_run(tmp_path)
+    assert s["train_curve"] == [[1, 2.0], [2, 1.6], [3, 1.2]]
+    assert s["heldout_loss"] == 1.3 and s["heldout_quantiles"] == {"0.5": 1.3}
+    assert s["step_time_s"] == pytest.approx(0.35)  # median without the first step
+    assert s["val_curve"] == [[2, 1.4], [3, 1.3]] and s["adapter_params"] is None

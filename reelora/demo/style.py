@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import BinaryIO, Iterable
 
 import numpy as np
 
@@ -129,20 +129,22 @@ def from_model_output(video) -> list[np.ndarray]:
     return [np.clip((c.transpose(0, 2, 3, 1) + 1) / 2, 0, 1) for c in arr]
 
 
-def read_video(path, max_frames: int | None = None) -> np.ndarray:
-    """Decode a video file (path or binary file object) to uint8 [F, H, W, 3] with PyAV."""
-    import av
+def read_video(source: str | Path | bytes | BinaryIO) -> np.ndarray:
+    """A video (path, mp4 bytes or binary file object) as uint8 [F, H, W, 3], decoded by reelora.data.video.decode_clip.
 
-    frames = []
-    with av.open(path if hasattr(path, "read") else str(path)) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if max_frames and len(frames) >= max_frames:
-                break
-    if not frames:
-        raise ValueError(f"{path}: no video frames decoded")
-    return np.stack(frames)
+    Raises:
+        ValueError: not a decodable video or no frames; the message names the file when there is one.
+    """
+    from reelora.data.video import decode_clip
 
-
-def read_videos(paths: Sequence[str | Path]) -> list[np.ndarray]:
-    return [read_video(p) for p in paths]
+    if isinstance(source, bytes):
+        data, name = source, "video"
+    elif hasattr(source, "read"):
+        data, name = source.read(), getattr(source, "name", "video")
+    else:
+        data, name = Path(source).read_bytes(), str(source)
+    try:
+        frames = decode_clip(data)
+    except Exception as exc:  # PyAV's errors on bytes do not know the file's name
+        raise ValueError(f"{name}: cannot decode ({type(exc).__name__}: {exc})") from exc
+    return np.ascontiguousarray(frames.permute(0, 2, 3, 1).numpy())

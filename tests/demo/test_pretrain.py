@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from reelora.models.base import INFO_FILE, BaseSettings, build_base
+from reelora.demo.pretrain import INFO_FILE, BaseSettings, build_base
 
 TINY = dict(minutes=0.5, vae_max_steps=2, transformer_max_steps=3, latent_clips=16, vae_batch=2, transformer_batch=4)
 
@@ -71,11 +71,3 @@ def test_bad_settings_are_named():
         BaseSettings(minutes=0)
     with pytest.raises(ValueError, match="output directory"):
         build_base(None, BaseSettings(**TINY), use_cache=False)
-
-
-def test_cli_registers_base_build(capsys):
-    from reelora.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(["base", "build", "--help"])
-    assert exc.value.code == 0 and "--minutes" in capsys.readouterr().out

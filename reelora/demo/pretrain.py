@@ -26,13 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reelora.data.procedural import CorpusSettings, corpus, to_model_input
+from reelora.demo import cache_root
+from reelora.demo.procedural import CorpusSettings, corpus, to_model_input
 from reelora.models.common import count_params
 from reelora.models.wan import WanSpec
 
 INFO_FILE = "reelora_base.json"
 # Part of the cache key: the files whose code decides what a build produces.
-_RECIPE_FILES = (Path(__file__), Path(__file__).parent.parent / "data" / "procedural.py")
+_RECIPE_FILES = (Path(__file__), Path(__file__).parent / "procedural.py")
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,6 @@ def auto_threads() -> int:
     return 1 if busy > 0.5 else cores
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reelora"
-
-
 def build_base(out: str | Path | None, settings: BaseSettings = BaseSettings(), *, use_cache: bool = True,
                log: Callable[[str], None] = print, threads: int | None = None) -> tuple[Path, dict]:
     """Build (or reuse from the cache) the base pipeline; copy it to `out` when given. Returns (dir, info).
@@ -199,7 +196,7 @@ def _train(dest: Path, s: BaseSettings, key: str, log: Callable[[str], None]) ->
         "transformer": tr_info,
         "params": {n: count_params(m) for n, m in comps.modules().items()},
         "build_seconds": round(time.monotonic() - t0, 1),
-        "corpus": "reelora.data.procedural (shapes, gradients, textures, pans, palettes, lighting)",
+        "corpus": "reelora.demo.procedural (shapes, gradients, textures, pans, palettes, lighting)",
     }
     (dest / INFO_FILE).write_text(json.dumps(info, indent=2))
     log(f"base: done in {info['build_seconds']:.0f}s: VAE PSNR {info['vae_psnr_db']:.2f} dB after {vae_info['steps']} steps, "
@@ -221,7 +218,7 @@ def _progress(start: float, deadline: float, step: int, max_steps: int | None) -
 
 def _reconstruction(vae, clips: torch.Tensor) -> tuple[float, float]:
     """(PSNR in dB on [0, 1] pixels, style distance) of the VAE's reconstruction of [N, C, F, H, W] clips in [-1, 1]."""
-    from reelora.data.style import from_model_output, style_distance
+    from reelora.demo.style import from_model_output, style_distance
 
     with torch.no_grad():
         rec = vae.decode(vae.encode(clips).latent_dist.mode()).sample.clamp(-1, 1)

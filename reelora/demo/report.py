@@ -5,8 +5,8 @@ adapter contact sheets side by side, studio reference frames and the metrics tab
 in `<out>/report_files/` next to the page; `missing_pictures(html)` lists any reference that does not
 resolve, and the tests hold it empty.
 
-`python -m reelora.report --run DIR ...` is what scripts/demo.sh calls: it reads the held-out studio
-shards and the two sample folders, computes the style distances (reelora.data.style), writes
+`python -m reelora.demo.report --run DIR ...` is what scripts/demo.sh calls: it reads the held-out studio
+shards and the two sample folders, computes the style distances (reelora.demo.style), writes
 `metrics.json` and `report.html`.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ ASSETS = "report_files"
 
 def read_shard_clips(shard_dir: str | Path, limit: int | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """Decode the mp4 clips (and their JSON metadata) stored in a shard directory's tar files."""
-    from reelora.data.style import read_video
+    from reelora.demo.style import read_video
 
     clips, metas = [], []
     tars = sorted(Path(shard_dir).glob("*.tar"))
@@ -54,7 +54,7 @@ def read_shard_clips(shard_dir: str | Path, limit: int | None = None) -> tuple[l
 
 def read_sample_dir(sample_dir: str | Path) -> tuple[list[np.ndarray], list[str]]:
     """The mp4s written by `reelora sample` (sorted by name) and their prompts from the JSON sidecars."""
-    from reelora.data.style import read_video
+    from reelora.demo.style import read_video
 
     paths = sorted(Path(sample_dir).glob("*.mp4"))
     if not paths:
@@ -299,7 +299,7 @@ def build_report(out_dir: str | Path, *, metrics: dict, audit: dict | None = Non
 
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p class=\"muted\">Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by reelora.report.</p>"
+            f"<p class=\"muted\">Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by reelora.demo.report.</p>"
             + "\n".join(sections) + "</body></html>\n")
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
@@ -326,7 +326,7 @@ def missing_pictures(html_path: str | Path) -> list[str]:
 def demo_report(run: Path, *, heldout: Path, train_shards: Path | None, base_samples: Path, lora_samples: Path,
                 train_dir: Path | None, base_model: Path | None, extra: dict | None = None) -> tuple[Path, dict]:
     """Compute style distances of both sample sets to the held-out studio clips; write metrics.json + report.html."""
-    from reelora.data.style import style_stats, style_terms
+    from reelora.demo.style import style_stats, style_terms
 
     studio, _ = read_shard_clips(heldout)
     base_clips, prompts = read_sample_dir(base_samples)
@@ -365,7 +365,7 @@ def demo_report(run: Path, *, heldout: Path, train_shards: Path | None, base_sam
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reelora.report", description=demo_report.__doc__)
+    p = argparse.ArgumentParser(prog="python -m reelora.demo.report", description=demo_report.__doc__)
     p.add_argument("--run", type=Path, required=True, help="run directory: metrics.json and report.html are written here")
     p.add_argument("--heldout", type=Path, required=True, help="held-out studio shard directory")
     p.add_argument("--train-shards", type=Path, help="training shard directory (for its audit)")

@@ -6,7 +6,7 @@ import json
 
 
 def _build(args: argparse.Namespace) -> int:
-    from reelora.models.base import BaseSettings, build_base
+    from reelora.demo.pretrain import BaseSettings, build_base
 
     settings = BaseSettings(seed=args.seed, minutes=args.minutes, vae_max_steps=args.max_steps,
                             transformer_max_steps=args.max_steps)

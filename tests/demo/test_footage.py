@@ -6,7 +6,7 @@ import json
 import pytest
 import webdataset as wds
 
-from reelora.data.footage import FootageError, sample_library
+from reelora.demo.footage import FootageError, sample_library
 from reelora.data.loader import ClipLoader
 from reelora.data.manifest import load_library
 from reelora.data.shards import read_audit, read_index

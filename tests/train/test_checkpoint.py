@@ -1,0 +1,47 @@
+"""train/checkpoint.py: a save cut short leaves a temporary folder that the next run removes."""
+from __future__ import annotations
+
+import torch
+
+from reelora.train import checkpoint
+from reelora.train.loop import run
+from tests.train.conftest import tiny_cfg
+
+
+def _save(out, step: int) -> None:
+    t = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(t.parameters(), lr=0.1)
+    checkpoint.save(out, step, {"w": t.weight.detach()}, opt, {"samples_seen": step}, keep_last=5)
+
+
+def _leftover(out, step: int):
+    """What a save killed mid-write (crash, ENOSPC) leaves: its temporary folder with a torn file."""
+    tmp = checkpoint.checkpoint_dir(out) / f".tmp-step-{step:06d}-12345"
+    tmp.mkdir(parents=True)
+    (tmp / "lora.safetensors").write_bytes(b"torn")
+    return tmp
+
+
+def test_remove_partial_deletes_only_temporary_folders(tmp_path):
+    assert checkpoint.remove_partial(tmp_path) == []  # no checkpoints folder yet: nothing to do
+    _save(tmp_path, 1)
+    _save(tmp_path, 2)
+    tmp = _leftover(tmp_path, 3)
+    assert checkpoint.remove_partial(tmp_path) == [tmp]
+    assert not tmp.exists()
+    assert [p.name for p in checkpoint.list_complete(tmp_path)] == ["step-000001", "step-000002"]
+    assert sorted(p.name for p in checkpoint.checkpoint_dir(tmp_path).iterdir()) == ["step-000001", "step-000002"]
+
+
+def test_a_run_removes_a_leftover_save_when_it_starts_and_when_it_resumes(tmp_path, shards, cache):
+    out = tmp_path / "run"
+    fresh = _leftover(out, 1)  # a crashed earlier attempt that never completed a checkpoint
+    assert run(tiny_cfg(out, shards, cache, "train.max_steps=1", "optim.schedule=constant")) == 0
+    assert not fresh.exists()
+    assert [p.name for p in checkpoint.list_complete(out)] == ["step-000001"]
+
+    again = _leftover(out, 2)
+    assert run(tiny_cfg(out, shards, cache, "train.max_steps=2", "optim.schedule=constant",
+                    "train.resume=latest")) == 0
+    assert not again.exists()
+    assert [p.name for p in checkpoint.list_complete(out)] == ["step-000001", "step-000002"]
