@@ -163,11 +163,11 @@ def test_summarize_run_takes_the_last_record_per_step(tmp_path):
 
 
 def test_write_subset_keeps_only_the_keys_and_loads(tmp_path, tiny_data):
-    from reelora.train.data import open_shards
+    from reelora.data.shards import ShardSet
 
     index = suf.write_subset(tiny_data["train"], tmp_path / "sub", ["c0001", "c0006"])
     assert index["num_samples"] == 2
-    assert [c.key for c in open_shards(tmp_path / "sub").clips] == ["c0001", "c0006"]
+    assert [c.key for c in ShardSet(tmp_path / "sub").clips] == ["c0001", "c0006"]
     again = suf.write_subset(tiny_data["train"], tmp_path / "sub", ["c0006", "c0001"])
     assert again == index  # reused
     with pytest.raises(ValueError, match="nope"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reelora.cli import main
-from reelora.train.data import open_shards
+from reelora.data.shards import ShardSet
 from tests.research.conftest import ROOT
 
 CONFIG = str(ROOT / "configs" / "tiny-wan.yaml")
@@ -21,7 +21,7 @@ def test_fake_runs_give_the_known_scaling_law(tmp_path, tiny_data, fake_train, c
     assert rc == 0, capsys.readouterr().out
     res = json.loads((out / "sufficiency.json").read_text())
     assert [r["num_clips"] for r in res["runs"]] == [2, 4, 6, 8]
-    keys = [[c.key for c in open_shards(r["subset"]).clips] for r in res["runs"]]
+    keys = [[c.key for c in ShardSet(r["subset"]).clips] for r in res["runs"]]
     assert all(set(a) <= set(b) for a, b in zip(keys, keys[1:])) and len(keys[-1]) == 8  # nested
     # the fake's held-out loss is exactly 2 / n + 1: the fit must find it, and doubling 8 -> 16 gains 0.125
     fit = res["scaling"]["fit"]
