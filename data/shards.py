@@ -14,14 +14,13 @@ benchmarks) goes through it; the builder (`assemble`), the audit and the takedow
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from reelora.files import atomic_write, sha256_file, write_json_atomic
+from reelora.files import atomic_write, sha256_bytes, sha256_file, write_json_atomic
 
 INDEX = "index.json"
 FORMAT = "reelora-shards/1"
@@ -170,7 +169,7 @@ class ClipRef:
 
     def sha256(self) -> str:
         """The clip's content hash (from its metadata when the shard builder recorded it)."""
-        return self.meta.get("clip_sha256") or hashlib.sha256(self.read("mp4")).hexdigest()
+        return self.meta.get("clip_sha256") or sha256_bytes(self.read("mp4"))
 
 
 def decode_frames(clip: ClipRef):

@@ -25,8 +25,8 @@ def register(sub) -> None:
 def handler(args) -> int:
     from accelerate import PartialState
 
-    from reelora.train.cache import build_cache
     from reelora.data.shards import ShardError
+    from reelora.train.cache import build_cache
     from reelora.train.batches import DataError
     from reelora.train.loop import cpu_multiprocess
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from reelora.data.shards import ShardError, ShardSet
 from reelora.train import checkpoint
 from reelora.train.config import Config, ConfigError, config_hash
-from reelora.data.shards import ShardError, ShardSet
 from reelora.train.batches import ClipDataset, DataError, StreamBatches, batches
 from reelora.train.step import NonFiniteError, StepContext, train_step
 
