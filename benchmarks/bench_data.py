@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=20, help="loader batches to time")
     args = p.parse_args(argv)
 
-    from reelora.data.build import BuildConfig, build
-    from reelora.data.loader import ClipLoader
+    from reelora.data.build import build
+    from reelora.data.config import BuildConfig
+    from reelora.data.shards import ShardSet
+    from reelora.train.batches import ClipDataset, StreamBatches, batches
 
     with tempfile.TemporaryDirectory(prefix="reelora-bench-") as tmp:
         root = Path(tmp)
@@ -77,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             "build_clip_seconds_per_s_per_core": round(clip_seconds / build_s / args.workers, 4),
         }
         if summary.clips >= args.batch_size:
-            loader = ClipLoader(root / "shards", batch_size=args.batch_size, seed=0, num_workers=args.loader_workers)
-            it = iter(loader)
+            clips = ShardSet(root / "shards").clips  # what training reads, in training's batch order
+            order = StreamBatches([c.shape for c in clips], args.batch_size, seed=0, rank=0, world=1)
+            it = batches(ClipDataset(clips), order, args.loader_workers)
             next(it)  # start-up (worker spawn, first file opens) is not throughput
             t0 = time.perf_counter()
             n = sum(len(b["key"]) for b in itertools.islice(it, args.batches))

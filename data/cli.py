@@ -10,7 +10,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `shards` command group to the `reelora` parser."""
-    from reelora.data.build import BuildConfig
+    from reelora.data.config import BuildConfig
 
     shards = sub.add_parser(
         "shards",
@@ -76,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from reelora.data.build import BuildConfig, build
+    from reelora.data.build import build
+    from reelora.data.config import BuildConfig
     from reelora.data.manifest import ManifestError
 
     values = {f.name: getattr(args, f.name) for f in fields(BuildConfig)}
@@ -100,23 +101,25 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from reelora.data import shards
+    from reelora.data.audit import read_audit, render_audit_md
+    from reelora.data.shards import ShardError
 
     try:
-        audit = shards.read_audit(args.dir)
-    except shards.ShardError as exc:
+        audit = read_audit(args.dir)
+    except ShardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(audit, indent=1, ensure_ascii=False) if args.json else shards.render_audit_md(audit), end="")
+    print(json.dumps(audit, indent=1, ensure_ascii=False) if args.json else render_audit_md(audit), end="")
     return 0
 
 
 def _takedown(args: argparse.Namespace) -> int:
-    from reelora.data import shards
+    from reelora.data.shards import ShardError
+    from reelora.data.takedown import takedown
 
     try:
-        record = shards.takedown(args.dir, args.title, args.reason)
-    except shards.ShardError as exc:
+        record = takedown(args.dir, args.title, args.reason)
+    except ShardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not record["clips_removed"]:
@@ -127,11 +130,12 @@ def _takedown(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from reelora.data import shards
+    from reelora.data.shards import ShardError
+    from reelora.data.takedown import verify
 
     try:
-        problems = shards.verify(args.dir)
-    except shards.ShardError as exc:
+        problems = verify(args.dir)
+    except ShardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for p in problems:

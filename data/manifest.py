@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from typing import Any
 import yaml
 
 from reelora.safeyaml import MAX_BYTES, YAMLLimitError, load_yaml, short_repr
+from reelora.files import sha256_bytes
 
 TITLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _LINE = "__line__"
@@ -180,7 +180,7 @@ def load_library(path: str | Path) -> Library:
         studio=studio,
         trigger=trigger,
         titles=tuple(titles),
-        sha256=hashlib.sha256(raw_bytes).hexdigest(),
+        sha256=sha256_bytes(raw_bytes),
     )
 
 
@@ -216,9 +216,7 @@ def _parse_title(entry: Any, manifest: Path) -> Title:
         exclude=_ranges(entry.get("exclude") or [], f"{where}: exclude"),
         captions=(manifest.parent / captions).resolve() if captions else None,
         line=line,
-        entry_sha256=hashlib.sha256(
-            json.dumps(_strip_lines(clean), sort_keys=True, default=str).encode()
-        ).hexdigest(),
+        entry_sha256=sha256_bytes(json.dumps(_strip_lines(clean), sort_keys=True, default=str).encode()),
     )
 
 

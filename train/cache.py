@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from reelora.train.data import Clip, DataError, open_shards
+from reelora.data.shards import ClipRef, ShardSet, decode_frames
+from reelora.train.batches import DataError
 
 FORMAT = "reelora-cache/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,7 +64,7 @@ class LatentCache:
         self.root, self.ids = Path(root), ids
 
     # addresses ---------------------------------------------------------------------------------------
-    def latent_address(self, clip: Clip) -> str:
+    def latent_address(self, clip: ClipRef) -> str:
         m = clip.meta
         parts = ["latents", clip.sha256(), m.get("num_frames"), m.get("height"), m.get("width"), self.ids.vae, self.ids.dtype]
         return _sha(json.dumps(parts))
@@ -74,20 +75,20 @@ class LatentCache:
     def _path(self, kind: str, address: str) -> Path:
         return self.root / kind / address[:2] / f"{address}.safetensors"
 
-    def latent_path(self, clip: Clip) -> Path:
+    def latent_path(self, clip: ClipRef) -> Path:
         return self._path("latents", self.latent_address(clip))
 
     def text_path(self, caption: str) -> Path:
         return self._path("text", self.text_address(caption))
 
     # reading -----------------------------------------------------------------------------------------
-    def load_latents(self, clip: Clip) -> torch.Tensor:
+    def load_latents(self, clip: ClipRef) -> torch.Tensor:
         return load_file(self.latent_path(clip))["latents"]
 
     def load_text(self, caption: str) -> dict[str, torch.Tensor]:
         return load_file(self.text_path(caption))
 
-    def check(self, clips: list[Clip], what: str = "data.cache") -> None:
+    def check(self, clips: list[ClipRef], what: str = "data.cache") -> None:
         """Raise DataError unless every clip's latents and every caption (and "") are cached for these ids."""
         if not self.root.is_dir():
             raise DataError(f"{what}: cache directory {str(self.root)!r} does not exist (build it with `reelora cache`)")
@@ -137,11 +138,10 @@ def build_cache(shards: str, model: str, out: str, *, rank: int = 0, world: int 
     from tqdm import tqdm
 
     from reelora.models.registry import load_model
-    from reelora.train.data import decode_frames
 
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    shard_set = open_shards(shards, what="--shards")
+    shard_set = ShardSet(shards, what="--shards")
     spec, comps = load_model(model, device=device, components=("vae", "text_encoder", "tokenizer"))
     cache = LatentCache(out, CacheIds.of(comps, dtype))
     cache.write_manifest(model)

@@ -25,8 +25,9 @@ def register(sub) -> None:
 def handler(args) -> int:
     from accelerate import PartialState
 
+    from reelora.data.shards import ShardError
     from reelora.train.cache import build_cache
-    from reelora.train.data import DataError
+    from reelora.train.batches import DataError
     from reelora.train.loop import cpu_multiprocess
 
     state = PartialState(cpu=cpu_multiprocess())  # rank/world from `accelerate launch`; a single process otherwise
@@ -34,7 +35,7 @@ def handler(args) -> int:
         stats = build_cache(args.shards, args.model, args.out, rank=state.process_index, world=state.num_processes,
                             dtype=args.dtype, device=state.device, batch_size=args.batch_size,
                             progress=not args.no_progress and state.is_local_main_process)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ShardError, ValueError, FileNotFoundError) as exc:
         print(f"reelora cache: error: {exc}", file=sys.stderr)
         return 1
     state.wait_for_everyone()

@@ -1,6 +1,6 @@
 """The training loop: setup, then `while step < max_steps: step(); maybe_validate(); maybe_checkpoint()`.
 
-Read it top to bottom; the details live in well-named functions in data.py, step.py, checkpoint.py,
+Read it top to bottom; the details live in well-named functions in batches.py, step.py, checkpoint.py,
 validate.py and logs.py. Runs as one process (`python train.py`) or many (`accelerate launch train.py`).
 """
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from reelora.data.shards import ShardError, ShardSet
 from reelora.train import checkpoint
 from reelora.train.config import Config, ConfigError
-from reelora.train.data import ClipDataset, DataError, StreamBatches, batches, open_shards
+from reelora.train.batches import ClipDataset, DataError, StreamBatches, batches
 from reelora.train.step import NonFiniteError, StepContext, train_step
 
 EXIT_SIGTERM = 143
@@ -34,7 +35,7 @@ def run(cfg: Config) -> int:
     try:
         lock = lock_output_dir(cfg, accelerator)
         return _run(cfg, accelerator)
-    except (ConfigError, DataError, checkpoint.CheckpointError, NonFiniteError) as exc:
+    except (ConfigError, DataError, ShardError, checkpoint.CheckpointError, NonFiniteError) as exc:
         print(f"[rank {accelerator.process_index}] error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
@@ -61,7 +62,7 @@ def _run(cfg: Config, accelerator) -> int:
 
     ctx = StepContext(cfg, accelerator, spec, comps, model, optimizer, scheduler, params,
                       empty_text=data["cache"].load_text("") if data["cache"] is not None else None)
-    sampler = StreamBatches(len(data["clips"]), cfg.train.batch_size, cfg.train.seed,
+    sampler = StreamBatches([c.shape for c in data["clips"]], cfg.train.batch_size, cfg.train.seed,
                             accelerator.process_index, accelerator.num_processes, start=samples_seen)
     stream = batches(ClipDataset(data["clips"], data["cache"]), sampler, cfg.data.num_workers)
     from reelora.train.logs import MetricLogger
@@ -152,7 +153,7 @@ def open_training_data(cfg: Config) -> dict:
     """Index the shards and check the cache: missing shards, no clips or a foreign cache fail here."""
     if cfg.data.shards is None:
         raise ConfigError("config key 'data.shards': required (a directory built by `reelora shards build`)")
-    shard_set = open_shards(cfg.data.shards)
+    shard_set = ShardSet(cfg.data.shards, what="data.shards")
     cache = None
     if cfg.data.cache is not None:
         from reelora.train.cache import CacheIds, LatentCache
@@ -183,7 +184,7 @@ def open_validation_clips(cfg: Config, data: dict) -> list:
     if not cfg.validation.every:
         return []
     if cfg.validation.shards is not None:
-        clips = open_shards(cfg.validation.shards, what="validation.shards").clips
+        clips = ShardSet(cfg.validation.shards, what="validation.shards").clips
         if data["cache"] is not None:
             data["cache"].check(clips, what="validation.shards (cache)")
     else:

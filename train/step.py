@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reelora.train.data import mix_seed
+from reelora.train.batches import mix_seed
 
 
 class NonFiniteError(RuntimeError):

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from reelora.models.spec import Components
-from reelora.train.data import decode_frames, mix_seed
+from reelora.data.shards import decode_frames
+from reelora.train.batches import mix_seed
 from reelora.train.step import sigma_quantile
 
 

@@ -17,7 +17,6 @@ import io
 import json
 import re
 import shutil
-import tarfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -31,25 +30,12 @@ ASSETS = "report_files"
 
 
 def read_shard_clips(shard_dir: str | Path, limit: int | None = None) -> tuple[list[np.ndarray], list[dict]]:
-    """Decode the mp4 clips (and their JSON metadata) stored in a shard directory's tar files."""
+    """Decode the mp4 clips (and their JSON metadata) of a shard directory, in index order."""
+    from reelora.data.shards import ShardSet
     from reelora.demo.style import read_video
 
-    clips, metas = [], []
-    tars = sorted(Path(shard_dir).glob("*.tar"))
-    if not tars:
-        raise FileNotFoundError(f"{shard_dir}: no shard .tar files (expected a `reelora shards build` output)")
-    for tar in tars:
-        with tarfile.open(tar) as tf:
-            members = {m.name: m for m in tf.getmembers() if m.isfile()}
-            for name in sorted(members):
-                if not name.endswith(".mp4"):
-                    continue
-                clips.append(read_video(io.BytesIO(tf.extractfile(members[name]).read())))
-                meta_name = name[: -len(".mp4")] + ".json"
-                metas.append(json.loads(tf.extractfile(members[meta_name]).read()) if meta_name in members else {})
-                if limit and len(clips) >= limit:
-                    return clips, metas
-    return clips, metas
+    refs = ShardSet(shard_dir).clips[: limit or None]
+    return [read_video(io.BytesIO(c.read("mp4"))) for c in refs], [c.meta for c in refs]
 
 
 def read_sample_dir(sample_dir: str | Path) -> tuple[list[np.ndarray], list[str]]:

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from reelora.files import sha256_bytes, write_text_atomic
+from reelora.files import sha256_bytes
 from reelora.research.sweep import (add_training_arguments, default_train_script, launch_prefix,
                                     load_checked_config, run_settings, run_training, summarize_run, train_command)
 
@@ -122,16 +122,12 @@ def nested_subsets(units: Sequence[str], fractions: Sequence[float], seed: int) 
 
 def list_clips(shard_dir: str | Path) -> list[dict]:
     """[{key, title_id, caption, sha256}] of every clip in a shard directory (index order)."""
-    from reelora.data.loader import ShardSet
+    from reelora.data.shards import ShardSet
 
     shards = ShardSet(shard_dir)
-    clips = []
-    for s, keys in enumerate(shards.keys):
-        for key in keys:
-            meta = json.loads(shards.read(s, key, "json"))
-            clips.append({"key": key, "title_id": str(meta.get("title_id", key)), "caption": meta.get("caption", ""),
-                          "sha256": meta.get("clip_sha256"), "shard": s})
-    return clips
+    number = {str(path): s for s, path in enumerate(shards.shards)}
+    return [{"key": c.key, "title_id": str(c.meta.get("title_id", c.key)), "caption": c.caption,
+             "sha256": c.meta.get("clip_sha256"), "shard": number[c.shard]} for c in shards.clips]
 
 
 def write_subset(src: str | Path, dst: str | Path, keys: Sequence[str]) -> dict:
@@ -139,7 +135,7 @@ def write_subset(src: str | Path, dst: str | Path, keys: Sequence[str]) -> dict:
 
     Reuses `dst` when its index already lists exactly these keys from this source (resumable).
     """
-    from reelora.data.shards import FORMAT, INDEX, read_index, read_shard_samples, write_shard
+    from reelora.data.shards import INDEX, read_index, read_shard_samples, write_index, write_shard
 
     src, dst = Path(src), Path(dst)
     wanted = set(keys)
@@ -159,12 +155,8 @@ def write_subset(src: str | Path, dst: str | Path, keys: Sequence[str]) -> dict:
     if found != wanted:
         missing = sorted(wanted - found)
         raise ValueError(f"{src}: keys not found in its shards: {', '.join(missing[:5])}")
-    index = {k: v for k, v in src_index.items() if k not in ("shards", "num_samples")}
-    index.update({"format": FORMAT, "shards": entries, "num_samples": len(found),
-                  "subset": {"of": str(src), "num_keys": len(found), "sha256": digest}})
-    # Written last and atomically: the next call reads it to decide whether this subset can be reused.
-    write_text_atomic(dst / INDEX, json.dumps(index, indent=2) + "\n")
-    return index
+    fields = {**src_index, "subset": {"of": str(src), "num_keys": len(found), "sha256": digest}}
+    return write_index(dst, entries, fields)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -357,7 +349,7 @@ def parse_fractions(text: str) -> list[float]:
 
 def summarize_clips(shard_dir: str | Path, log=print) -> tuple[list[str], list[dict], np.ndarray, list[dict]]:
     """(keys, metas, features [n, d], style stats) of every clip in a shard directory, one clip in memory at a time."""
-    from reelora.data.loader import iter_clips
+    from reelora.data.shards import iter_clips
     from reelora.demo.style import read_video
 
     keys, metas, feats, stats = [], [], [], []

@@ -1,14 +1,21 @@
-"""Aspect-ratio buckets: each title gets the nearest bucket; batches never mix sizes."""
+"""Aspect-ratio buckets: each title gets the nearest bucket, batches never mix sizes, bucketed shards train."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
-from reelora.data.build import BuildConfig, build
-from reelora.data.loader import ClipLoader
-from tests.data.conftest import shard_metas, tiny_config, write_library
+from reelora.cli import main as reelora_main
+from reelora.data.config import BuildConfig
+from reelora.data.shards import ShardSet, read_index
+from reelora.train.batches import StreamBatches
+from tests.data.conftest import shard_metas, write_library
 from tests.media import make_video
+
+# 2.39:1 scope, 16:9, 4:3 and 9:16 portrait sources; buckets sized for tiny-wan (sides multiples of 8)
+SOURCES = {"scope": (96, 40), "hd": (96, 54), "tv": (64, 48), "portrait": (54, 96)}
+BUCKETS = "32x80,32x56,48x64,56x32"
 
 
 def test_size_for_picks_the_nearest_aspect():
@@ -21,18 +28,38 @@ def test_size_for_picks_the_nearest_aspect():
         BuildConfig(buckets="48x3O")
 
 
-def test_buckets_end_to_end(tmp_path):
-    for name, (w, h), offset in [("wide", (96, 64), 0), ("tall", (64, 96), 3), ("square", (64, 64), 5)]:
-        make_video(tmp_path / f"{name}.mp4", 4, 8, w, h, palette_offset=offset)
-    lib = write_library(tmp_path, [{"id": n, "path": f"{n}.mp4"} for n in ("wide", "tall", "square")])
-    out = tmp_path / "out"
-    build(lib, out, tiny_config(buckets="32x48,48x32,40x40", shard_max_clips=5))
-    sizes = {(m["title_id"], m["height"], m["width"]) for m in shard_metas(out)}
-    assert sizes == {("wide", 32, 48), ("tall", 48, 32), ("square", 40, 40)}
-    loader = ClipLoader(out, batch_size=3, world_size=2, rank=0, seed=1, shuffle_buffer=6)
-    other = ClipLoader(out, batch_size=3, world_size=2, rank=1, seed=1, shuffle_buffer=6)
-    assert loader.batches_per_epoch == other.batches_per_epoch > 0
-    for batch in itertools.islice(loader, loader.batches_per_epoch):
-        titles = {m["title_id"] for m in batch["meta"]}
-        assert len(titles) == 1, titles  # one size per batch (each title has its own bucket here)
-        assert batch["frames"].shape[0] == 3
+@pytest.fixture(scope="module")
+def bucketed(tmp_path_factory):
+    d = tmp_path_factory.mktemp("buckets")
+    for i, (name, (w, h)) in enumerate(SOURCES.items()):
+        make_video(d / f"{name}.mp4", 3, 8, w, h, palette_offset=2 * i)
+    lib = write_library(d, [{"id": name, "path": f"{name}.mp4"} for name in SOURCES])
+    out = d / "out"
+    assert reelora_main(["shards", "build", str(lib), "--out", str(out), "--buckets", BUCKETS, "--num-frames", "5",
+                         "--fps", "8", "--preset", "ultrafast", "--as-of", "2026-01-01", "--shard-max-clips", "4"]) == 0
+    return out
+
+
+def test_each_title_gets_its_bucket_and_the_index_records_it(bucketed):
+    sizes = {(m["title_id"], m["height"], m["width"]) for m in shard_metas(bucketed)}
+    assert sizes == {("scope", 32, 80), ("hd", 32, 56), ("tv", 48, 64), ("portrait", 56, 32)}
+    shapes = {tuple(s) for entry in read_index(bucketed)["shards"] for s in entry["shapes"]}
+    assert shapes == {(5, 32, 80), (5, 32, 56), (5, 48, 64), (5, 56, 32)}
+
+
+def test_training_order_never_mixes_buckets(bucketed):
+    clips = ShardSet(bucketed).clips
+    shapes = [c.shape for c in clips]
+    for rank in range(2):
+        for chunk in itertools.islice(StreamBatches(shapes, 3, seed=1, rank=rank, world=2), 4 * len(clips)):
+            assert len({shapes[i] for i in chunk}) == 1
+
+
+def test_bucketed_shards_train(bucketed, tmp_path):
+    from tests.train.conftest import cfg_args, train_py
+
+    out = tmp_path / "run"
+    r = train_py(*cfg_args(out, bucketed, None, "train.max_steps=4", "train.checkpoint_every=0"))
+    assert r.returncode == 0, r.stderr[-3000:]  # collate stacks each batch: one shape per batch or it fails
+    losses = [json.loads(line)["train/loss"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4

@@ -6,10 +6,11 @@ import json
 import pytest
 import webdataset as wds
 
+from reelora.data.audit import read_audit
 from reelora.demo.footage import FootageError, sample_library
-from reelora.data.loader import ClipLoader
 from reelora.data.manifest import load_library
-from reelora.data.shards import read_audit, read_index
+from reelora.data.shards import ShardSet, read_index
+from reelora.train.batches import ClipDataset, StreamBatches, batches
 from tests.data.conftest import tiny_config
 
 
@@ -47,5 +48,6 @@ def test_big_buck_bunny_to_training_batches(real_library, tmp_path):
                                                             shardshuffle=False)]
     assert {m["rights_holder"] for m in metas} == {"Blender Foundation"}
     assert all(m["caption"].startswith("sample style, Big Buck Bunny") for m in metas)
-    batch = next(iter(ClipLoader(out, batch_size=2, seed=0)))
+    clips = ShardSet(out).clips
+    batch = next(batches(ClipDataset(clips), StreamBatches([c.shape for c in clips], 2, seed=0, rank=0, world=1), 0))
     assert batch["frames"].shape == (2, 8, 3, 48, 80)

@@ -1,8 +1,6 @@
 """The demo report: self-contained page, every picture exists, metrics from shards and sample folders."""
-import io
 import json
 import shutil
-import tarfile
 
 import numpy as np
 import pytest
@@ -28,17 +26,16 @@ def _write_samples(folder, clips, prompts):
 
 
 def _write_shards(folder, clips):
+    from reelora.data.shards import write_index, write_shard
     from reelora.models.media import write_mp4
 
     folder.mkdir(parents=True)
-    with tarfile.open(folder / "shard-000000.tar", "w") as tf:
-        for i, c in enumerate(clips):
-            write_mp4(folder / "tmp.mp4", c, fps=8)
-            for name, data in ((f"clip{i:04d}.mp4", (folder / "tmp.mp4").read_bytes()),
-                               (f"clip{i:04d}.json", json.dumps({"caption": f"clip {i}", "title_id": "t"}).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
+    samples = []
+    for i, c in enumerate(clips):
+        write_mp4(folder / "tmp.mp4", c, fps=8)
+        meta = {"caption": f"clip {i}", "title_id": "t", "num_frames": len(c), "height": c.shape[1], "width": c.shape[2]}
+        samples.append({"__key__": f"clip{i:04d}", "mp4": (folder / "tmp.mp4").read_bytes(), "json": json.dumps(meta).encode()})
+    write_index(folder, [write_shard(folder / "shard-000000.tar", samples)])
     (folder / "tmp.mp4").unlink()
     (folder / "audit.json").write_text(json.dumps({
         "library": {"path": "library.yaml", "studio": "Test Pictures", "sha256": "0" * 64}, "as_of": "2026-01-01",
@@ -103,7 +100,9 @@ def test_demo_report_measures_base_and_adapter_against_held_out_studio_clips(tmp
 
 def test_demo_report_names_a_missing_shard_dir(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no shard .tar"):
+    from reelora.data.shards import ShardError
+
+    with pytest.raises(ShardError, match="no shard index"):
         read_shard_clips(tmp_path / "empty")
 
 

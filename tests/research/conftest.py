@@ -23,7 +23,7 @@ def clip_frames(i: int) -> np.ndarray:
 
 def write_tiny_shards(out: Path, n: int, titles=("alpha", "beta"), prefix: str = "c", offset: int = 0) -> Path:
     """A `reelora shards build`-layout directory (index.json + webdataset tars) of n tiny clips."""
-    from reelora.data.shards import FORMAT, write_shard
+    from reelora.data.shards import write_index, write_shard
     from reelora.data.video import encode_clip
 
     out.mkdir(parents=True, exist_ok=True)
@@ -38,7 +38,7 @@ def write_tiny_shards(out: Path, n: int, titles=("alpha", "beta"), prefix: str =
                     "clip_sha256": hashlib.sha256(mp4).hexdigest()}
             samples.append({"__key__": key, "mp4": mp4, "json": json.dumps(meta).encode()})
         entries.append(write_shard(out / f"shard-{s // 4:06d}.tar", samples))
-    (out / "index.json").write_text(json.dumps({"format": FORMAT, "shards": entries, "num_samples": n}))
+    write_index(out, entries)
     return out
 
 

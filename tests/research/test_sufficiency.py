@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from reelora.cli import main
+from reelora.data.shards import ShardSet
 from reelora.research import sufficiency as suf
-from reelora.train.data import open_shards
 from tests.research.conftest import ROOT
 
 CONFIG = str(ROOT / "configs" / "tiny-wan.yaml")
@@ -24,7 +24,7 @@ def test_fake_runs_give_the_known_scaling_law(tmp_path, tiny_data, fake_train, c
     assert rc == 0, capsys.readouterr().out
     res = json.loads((out / "sufficiency.json").read_text())
     assert [r["num_clips"] for r in res["runs"]] == [2, 4, 6, 8]
-    keys = [[c.key for c in open_shards(r["subset"]).clips] for r in res["runs"]]
+    keys = [[c.key for c in ShardSet(r["subset"]).clips] for r in res["runs"]]
     assert all(set(a) <= set(b) for a, b in zip(keys, keys[1:])) and len(keys[-1]) == 8  # nested
     # the fake's held-out loss is exactly 2 / n + 1: the fit must find it, and doubling 8 -> 16 gains 0.125
     fit = res["scaling"]["fit"]
@@ -231,11 +231,11 @@ def test_diversity_counts_titles_and_distinct_clips():
 
 
 def test_write_subset_keeps_only_the_keys_and_loads(tmp_path, tiny_data):
-    from reelora.train.data import open_shards
+    from reelora.data.shards import ShardSet
 
     index = suf.write_subset(tiny_data["train"], tmp_path / "sub", ["c0001", "c0006"])
     assert index["num_samples"] == 2
-    assert [c.key for c in open_shards(tmp_path / "sub").clips] == ["c0001", "c0006"]
+    assert [c.key for c in ShardSet(tmp_path / "sub").clips] == ["c0001", "c0006"]
     again = suf.write_subset(tiny_data["train"], tmp_path / "sub", ["c0006", "c0001"])
     assert again == index  # reused
     with pytest.raises(ValueError, match="nope"):

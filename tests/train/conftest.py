@@ -1,7 +1,7 @@
 """Fixtures for train/ tests: a few tiny clips in WebDataset shards, and their latent/text cache.
 
-Shards are written here with webdataset's TarWriter in the `reelora shards build` layout (KEY.mp4 + KEY.json,
-index.json), so these tests do not depend on the ingest pipeline.
+Shards are written here with the shard format's writer (reelora.data.shards: KEY.mp4 + KEY.json, index.json)
+from generated frames, so these tests do not depend on the ingest pipeline.
 """
 from __future__ import annotations
 
@@ -55,27 +55,19 @@ def clip_frames(i: int) -> np.ndarray:
 
 
 def write_shards(out: Path, n: int = NUM_CLIPS, per_shard: int = 4, titles=("alpha", "beta"), prefix: str = "c") -> Path:
-    import webdataset as wds
+    from reelora.data.shards import write_index, write_shard
 
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for s in range(0, n, per_shard):
-        name = f"shard-{s // per_shard:06d}.tar"
-        keys, counts = [], {}
-        with wds.TarWriter(str(out / name), encoder=False) as w:
-            for i in range(s, min(n, s + per_shard)):
-                mp4 = encode_mp4(clip_frames(i if prefix == "c" else 100 + i))
-                title = titles[i % len(titles)]
-                key = f"{prefix}{i:04d}"
-                meta = {"caption": f"exp style, scene {i % 3}", "title_id": title, "num_frames": FRAMES,
-                        "width": SIZE, "height": SIZE, "fps": 8, "clip_sha256": hashlib.sha256(mp4).hexdigest()}
-                w.write({"__key__": key, "mp4": mp4, "json": json.dumps(meta).encode()})
-                keys.append(key)
-                counts[title] = counts.get(title, 0) + 1
-        entries.append({"name": name, "num_samples": len(keys), "titles": counts, "keys": keys,
-                        "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()})
-    (out / "index.json").write_text(json.dumps({"format": "reelora-shards/1", "shards": entries,
-                                                "num_samples": n}, indent=2))
+        samples = []
+        for i in range(s, min(n, s + per_shard)):
+            mp4 = encode_mp4(clip_frames(i if prefix == "c" else 100 + i))
+            meta = {"caption": f"exp style, scene {i % 3}", "title_id": titles[i % len(titles)], "num_frames": FRAMES,
+                    "width": SIZE, "height": SIZE, "fps": 8, "clip_sha256": hashlib.sha256(mp4).hexdigest()}
+            samples.append({"__key__": f"{prefix}{i:04d}", "mp4": mp4, "json": json.dumps(meta).encode()})
+        entries.append(write_shard(out / f"shard-{s // per_shard:06d}.tar", samples))
+    write_index(out, entries)
     return out
 
 

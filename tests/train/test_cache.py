@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from reelora.cli import main as reelora_main
 from reelora.train.cache import CacheIds, LatentCache, build_cache
-from reelora.train.data import DataError, open_shards
+from reelora.data.shards import ShardSet
+from reelora.train.batches import DataError
 from reelora.train.loop import run
 from tests.train.conftest import tiny_cfg, write_shards
 
@@ -39,13 +40,13 @@ def test_rebuild_reuses_and_two_ranks_make_the_same_cache(shards, cache, tmp_pat
 
 
 def test_cache_for_another_model_or_missing_clips_is_a_clear_error(shards, cache, tmp_path):
-    clips = open_shards(shards).clips
+    clips = ShardSet(shards).clips
     other = LatentCache(cache, CacheIds(vae="tiny-wan@seed1/vae", text_encoder="tiny-wan@seed1/text_encoder", dtype="fp32", max_text_len=64))
     with pytest.raises(DataError, match="built for another model.*vae=tiny-wan@seed0/vae"):
         other.check(clips)
     more = write_shards(tmp_path / "more", n=2, prefix="x")
     with pytest.raises(DataError, match=r"lacks latents for 2 of 2 clips \(x0000, x0001\).*reelora cache"):
-        LatentCache(cache, CacheIds(vae="tiny-wan@seed0/vae", text_encoder="tiny-wan@seed0/text_encoder", dtype="fp32", max_text_len=64)).check(open_shards(more).clips)
+        LatentCache(cache, CacheIds(vae="tiny-wan@seed0/vae", text_encoder="tiny-wan@seed0/text_encoder", dtype="fp32", max_text_len=64)).check(ShardSet(more).clips)
     assert run(tiny_cfg(tmp_path / "run", more, cache, "train.max_steps=1")) == 1
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reelora.train.config import TrainConfig
-from reelora.train.data import mix_seed
+from reelora.train.batches import mix_seed
 from reelora.train.step import sample_sigmas, shift_sigmas, sigma_quantile, step_generator
 
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from reelora.data.build import build
-from reelora.data.shards import read_audit
+from reelora.data.audit import read_audit
 from tests.data.conftest import shard_metas, tiny_config, write_library
 from tests.media import make_video
 

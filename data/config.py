@@ -1,0 +1,109 @@
+"""The settings of a shard build (`reelora shards build` options): one dataclass field per flag."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+__all__ = ["BuildConfig"]
+
+
+@dataclass
+class BuildConfig:
+    """Settings of a shard build. Each field is one `reelora shards build` option (its help)."""
+
+    num_frames: int = field(default=81, metadata={"help": "frames per clip (Wan default: 81)"})
+    fps: float = field(default=16.0, metadata={"help": "clip frame rate; sources are resampled by timestamp"})
+    height: int = field(default=480, metadata={"help": "clip height in pixels (even), after resize + centre crop"})
+    width: int = field(default=832, metadata={"help": "clip width in pixels (even), after resize + centre crop"})
+    buckets: str = field(default="", metadata={"help": "aspect-ratio buckets as comma-separated HEIGHTxWIDTH sizes (e.g. 480x832,832x480,624x624); each title uses the one nearest its aspect ratio instead of --height x --width"})
+    workers: int = field(default=1, metadata={"help": "titles processed in parallel (one process each)"})
+    strict: bool = field(default=False, metadata={"help": "exit non-zero if any file was quarantined (good clips are still written)"})
+    node_rank: int = field(default=0, metadata={"help": "this machine's index for a multi-machine build (see module docs)"})
+    num_nodes: int = field(default=1, metadata={"help": "machines sharing the staging work; >1 stages only, a final single run assembles"})
+    as_of: str = field(default="", metadata={"help": "date (YYYY-MM-DD) licence expiry is judged on; default today (recorded in index.json)"})
+    scene_threshold: float = field(default=27.0, metadata={"help": "PySceneDetect ContentDetector threshold (lower = more cuts)"})
+    min_scene_seconds: float = field(default=0.5, metadata={"help": "shortest scene PySceneDetect may cut"})
+    black_level: float = field(default=16.0, metadata={"help": "frames with mean luma below this (0-255) count as black"})
+    black_fraction: float = field(default=0.5, metadata={"help": "drop clips with more than this fraction of black frames"})
+    static_level: float = field(default=0.25, metadata={"help": "drop clips whose mean frame-to-frame change (grey levels) is below this"})
+    dedup_threshold: float = field(default=4.0, metadata={"help": "clips whose fingerprints differ by at most this many grey levels on average are near-duplicates; negative disables dedup"})
+    crf: int = field(default=18, metadata={"help": "x264 quality of clip mp4s (lower = better, bigger)"})
+    preset: str = field(default="fast", metadata={"help": "x264 preset of clip mp4s"})
+    caption_max_chars: int = field(default=300, metadata={"help": "captions are cut to this many characters on a word boundary"})
+    captioner: str = field(default="", metadata={"help": "transformers image-to-text model path/id used when no sidecar caption covers a clip; empty = template captions"})
+    captioner_prompt: str = field(default="", metadata={"help": "text prompt given to the captioner model, if it takes one"})
+    shard_max_clips: int = field(default=100, metadata={"help": "at most this many clips per shard tar"})
+    shard_max_mb: float = field(default=1024.0, metadata={"help": "start a new shard once one holds this many MB"})
+    thumbnails: bool = field(default=True, metadata={"help": "store a KEY.jpg thumbnail (middle frame) with each clip"})
+    decoder: str = field(default="decord", metadata={"help": "preferred decoder: decord (PyAV where decord can't read a file) or pyav"})
+    probe_timeout: float = field(default=60.0, metadata={"help": "seconds before a media probe is declared hung"})
+    stall_timeout: float = field(default=300.0, metadata={"help": "a title's worker that makes no progress (no frame decoded, no clip written) for this many seconds is killed and the title quarantined (0 = never)"})
+
+    def __post_init__(self) -> None:
+        self.fps = float(self.fps)  # 16 and 16.0 must be the same setting (stage keys, index)
+
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"build setting {name}={getattr(self, name)!r}: {why}")
+
+        if self.num_frames < 1:
+            raise bad("num_frames", "must be >= 1")
+        if not self.fps > 0:
+            raise bad("fps", "must be > 0")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v < 2 or v % 2:
+                raise bad(name, "must be an even number >= 2 (H.264 yuv420p)")
+        if self.workers < 1:
+            raise bad("workers", "must be >= 1")
+        if self.num_nodes < 1 or not 0 <= self.node_rank < self.num_nodes:
+            raise bad("node_rank", f"must be in [0, num_nodes={self.num_nodes})")
+        if self.as_of:
+            try:
+                dt.date.fromisoformat(self.as_of)
+            except ValueError:
+                raise bad("as_of", "must be a YYYY-MM-DD date") from None
+        self.sizes()  # validates --buckets
+        if self.decoder not in ("decord", "pyav"):
+            raise bad("decoder", "must be 'decord' or 'pyav'")
+        if self.shard_max_clips < 1:
+            raise bad("shard_max_clips", "must be >= 1")
+        if not 0 <= self.black_fraction <= 1:
+            raise bad("black_fraction", "must be in [0, 1]")
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """The (height, width) clip sizes allowed: the buckets, else just height x width."""
+        if not self.buckets.strip():
+            return [(self.height, self.width)]
+        sizes = []
+        for item in self.buckets.split(","):
+            try:
+                h, w = (int(v) for v in item.strip().lower().split("x"))
+            except ValueError:
+                raise ValueError(f"build setting buckets={self.buckets!r}: {item.strip()!r} is not HEIGHTxWIDTH") from None
+            if h < 2 or w < 2 or h % 2 or w % 2:
+                raise ValueError(f"build setting buckets={self.buckets!r}: {h}x{w} needs even sides >= 2")
+            sizes.append((h, w))
+        return sizes
+
+    def size_for(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) of the clips cut from a width x height source: the nearest aspect bucket."""
+        aspect = np.log(width / height)
+        return min(self.sizes(), key=lambda hw: (abs(np.log(hw[1] / hw[0]) - aspect), hw))
+
+    def as_of_date(self) -> dt.date:
+        return dt.date.fromisoformat(self.as_of) if self.as_of else dt.date.today()
+
+    def stage_settings(self) -> dict:
+        """The settings a staged title depends on (changing any re-stages every title)."""
+        skip = {"workers", "strict", "node_rank", "num_nodes", "as_of", "dedup_threshold",
+                "shard_max_clips", "shard_max_mb", "probe_timeout", "stall_timeout"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    def output_settings(self) -> dict:
+        """Settings recorded in index.json (everything that shapes the shards)."""
+        skip = {"workers", "strict", "node_rank", "num_nodes", "probe_timeout", "stall_timeout"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        d["as_of"] = self.as_of_date().isoformat()
+        return d

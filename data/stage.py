@@ -1,0 +1,265 @@
+"""Staging one title: probe, find scenes, cut, filter, caption and encode its clips into OUT/work/TITLE_ID/.
+
+What staging produced is a `StagedTitle`, written to `OUT/work/TITLE_ID/result.json` and read back
+only through `StagedTitle.write` / `StagedTitle.read`. A title whose result matches the current
+settings, manifest entry and source file (`load_staged`) is not staged again, so builds resume.
+
+Decoding runs twice on purpose: pass 1 reads small frames for every grid point to find the scene cuts
+and the allowed windows, pass 2 decodes only the frames of the planned clips at the output size, so
+no full-size copy of a feature film is ever held in memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reelora.data import captions as cap
+from reelora.data import clips as clipmod
+from reelora.data import manifest as mf
+from reelora.data import video
+from reelora.data.config import BuildConfig
+from reelora.files import sha256_bytes, sha256_file, write_json_atomic
+
+WORK = "work"  # OUT/work/TITLE_ID/: staged clips, the resume cache of `shards build`
+RESULT = "result.json"
+HEARTBEAT = "heartbeat"
+
+__all__ = ["WORK", "StagedClip", "StagedTitle", "stage_title", "load_staged", "quarantine", "title_stage_key"]
+
+
+@dataclass
+class StagedClip:
+    """One staged clip: its KEY.json metadata (the files are clips/KEY.mp4, .jpg) and dedup fingerprint."""
+
+    meta: dict
+    signature: str  # hex of clips.signature(): compared across titles when the shards are assembled
+
+
+@dataclass
+class StagedTitle:
+    """What staging one title produced: OUT/work/TITLE_ID/result.json."""
+
+    title_id: str
+    path: str
+    key: dict  # title_stage_key(): the inputs this result is valid for
+    status: str = "done"  # or "quarantined" (then `reason` says why)
+    reason: str = ""
+    clips: list[StagedClip] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)  # clipmod.Rejected.to_dict(): windows left out, why
+    warnings: list[str] = field(default_factory=list)
+    probe: dict | None = None
+    source_sha256: str | None = None
+    scenes: int | None = None
+    seconds_decoded: float | None = None
+    seconds_used: float | None = None
+
+    def write(self, work: Path) -> None:
+        write_json_atomic(work / self.title_id / RESULT, asdict(self))
+
+    @classmethod
+    def read(cls, work: Path, title_id: str) -> "StagedTitle | None":
+        """The staged result of `title_id`, or None if there is none (or it is unreadable/outdated)."""
+        try:
+            d = json.loads((work / title_id / RESULT).read_text(encoding="utf-8"))
+            return cls(**{**d, "clips": [StagedClip(**c) for c in d["clips"]]})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+
+def title_stage_key(title: mf.Title, cfg: BuildConfig) -> dict:
+    """What a finished staging of `title` depends on; any change means it is redone."""
+    try:
+        st = title.path.stat()
+        source = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        source = None
+    sidecar = None
+    if title.captions is not None:
+        try:
+            sidecar = sha256_file(title.captions)
+        except OSError:
+            sidecar = "unreadable"
+    # json round-trip so tuples/floats compare the way a stored result holds them
+    return json.loads(json.dumps({"settings": cfg.stage_settings(), "entry": title.entry_sha256, "source": source,
+                                  "sidecar": sidecar}))
+
+
+def load_staged(work: Path, title: mf.Title, cfg: BuildConfig) -> StagedTitle | None:
+    """The staged result of a title if it is finished and still current, else None."""
+    staged = StagedTitle.read(work, title.id)
+    if staged is None or staged.status != "done":
+        return None  # quarantined titles are retried: the file may have been fixed
+    return staged if staged.key == title_stage_key(title, cfg) else None
+
+
+def quarantine(work: Path, title: mf.Title, cfg: BuildConfig, reason: str) -> None:
+    """Record that `title` could not be staged (its worker crashed, hung or raised), and why."""
+    (work / title.id).mkdir(parents=True, exist_ok=True)
+    StagedTitle(title.id, str(title.path), title_stage_key(title, cfg), status="quarantined", reason=reason).write(work)
+
+
+def stage_title(title: mf.Title, cfg: BuildConfig, trigger: str, work: Path, slot: int = 0) -> StagedTitle:
+    """Turn one title into staged clips under `work/TITLE_ID/`; return (and write) its result.
+
+    Never raises for bad media: problems become a "quarantined" result with the reason.
+    """
+    tdir = work / title.id
+    if tdir.exists():
+        shutil.rmtree(tdir)
+    (tdir / "clips").mkdir(parents=True)
+    staged = StagedTitle(title.id, str(title.path), title_stage_key(title, cfg))
+    try:
+        _stage(title, cfg, trigger, tdir, staged, slot)
+    except video.MediaError as exc:
+        staged.status, staged.reason, staged.clips = "quarantined", str(exc), []
+    staged.write(work)
+    return staged
+
+
+def _stage(title: mf.Title, cfg: BuildConfig, trigger: str, tdir: Path, staged: StagedTitle, slot: int) -> None:
+    heart = Heartbeat(tdir / HEARTBEAT)
+    info = video.probe(title.path, timeout=cfg.probe_timeout)
+    if cfg.decoder == "pyav" and info.decoder != "pyav":
+        info = dataclasses.replace(info, decoder="pyav", decord_error="PyAV chosen by --decoder pyav")
+    staged.probe = info.to_dict()
+    staged.source_sha256 = sha256_file(title.path)
+    windows = _plan_clips(title, cfg, info, staged, heart, slot)
+    _cut_clips(title, cfg, trigger, info, windows, tdir, staged, heart, slot)
+    staged.seconds_used = round(len(staged.clips) * cfg.num_frames / cfg.fps, 4)
+
+
+def _plan_clips(title: mf.Title, cfg: BuildConfig, info, staged: StagedTitle, heart: "Heartbeat", slot: int) -> list:
+    """Pass 1: scene cuts on small frames and which source frame each grid point shows -> clip windows."""
+    from tqdm import tqdm
+
+    fps = cfg.fps
+    grid = video.grid_size(info, fps)
+    cuts = clipmod.SceneCuts(fps, cfg.scene_threshold, cfg.min_scene_seconds)
+    small = video.fit_size(info.width, info.height, 160)
+    source_times = []
+    report = video.DecodeReport()
+    bar = tqdm(total=grid, desc=f"{title.id} scenes", unit="frame", position=slot, leave=False, disable=None)
+    for k, src_t, frame in video.read_frames(info, fps, range(grid), lambda f: video.resize(f, *small), report):
+        cuts.add(k, frame)
+        source_times.append(src_t)
+        bar.update()
+        heart.beat()
+    bar.close()
+    decoded = len(source_times)
+    if decoded == 0:
+        raise video.MediaError(f"no decodable frames ({report.error or 'empty video stream'})")
+    if info.declared_duration > info.duration + 0.5:
+        staged.warnings.append(
+            f"file holds {info.duration:.2f}s of the {info.declared_duration:.2f}s its header declares "
+            "(truncated?); clips were cut from the readable part"
+        )
+    if report.stopped_at is not None:
+        staged.warnings.append(
+            f"decoding stopped at {decoded / fps:.2f}s of {info.duration:.2f}s ({report.error}); "
+            "clips were cut from the readable part"
+        )
+    scene_cuts = cuts.finish()
+    staged.scenes = len(scene_cuts) + 1
+    staged.seconds_decoded = round(decoded / fps, 4)
+
+    forbidden = mf.forbidden_ranges(title)
+    allowed, reasons = clipmod.frame_allowed(decoded, fps, np.asarray(source_times), forbidden)
+    windows, rejected = clipmod.plan_windows(decoded, scene_cuts, allowed, reasons, cfg.num_frames, fps)
+    staged.rejected += [r.to_dict() for r in rejected]
+    return windows
+
+
+def _cut_clips(title: mf.Title, cfg: BuildConfig, trigger: str, info, windows: list, tdir: Path,
+               staged: StagedTitle, heart: "Heartbeat", slot: int) -> None:
+    """Pass 2: decode just the frames of the planned windows at the output size; filter, caption, encode."""
+    from tqdm import tqdm
+
+    entries, problems = cap.load_sidecar(title.captions) if title.captions else ([], [])
+    staged.warnings += problems
+    captioner = cap.VLMCaptioner(cfg.captioner, cfg.captioner_prompt) if cfg.captioner and windows else None
+    rights = mf.rights_record(title)
+    wanted = [w.start + i for w in windows for i in range(w.length)]
+    frames: list[np.ndarray] = []
+    window_iter = iter(windows)
+    current = next(window_iter, None)
+    bar = tqdm(total=len(windows), desc=f"{title.id} clips", unit="clip", position=slot, leave=False, disable=None)
+    out_h, out_w = cfg.size_for(info.width, info.height)
+    crop = lambda f: video.resize_center_crop(f, out_w, out_h)  # noqa: E731
+    report = video.DecodeReport()
+    for k, _, frame in video.read_frames(info, cfg.fps, wanted, crop, report):
+        heart.beat()
+        frames.append(frame)
+        if len(frames) < current.length:
+            continue
+        clip = np.stack(frames)
+        frames = []
+        start_s, end_s = current.seconds(cfg.fps)
+        problem = clipmod.content_problem(clip, cfg.black_level, cfg.black_fraction, cfg.static_level)
+        if problem:
+            staged.rejected.append(clipmod.Rejected(start_s, end_s, problem).to_dict())
+        else:
+            staged.clips.append(_write_clip(title, cfg, trigger, tdir, current, clip, entries, captioner, rights, staged))
+        bar.update()
+        current = next(window_iter, None)
+    bar.close()
+    if report.stopped_at is not None:
+        staged.warnings.append(f"second decoding pass stopped early: {report.error}")
+
+
+def _write_clip(title, cfg, trigger, tdir, window, clip, entries, captioner, rights, staged) -> StagedClip:
+    import cv2
+
+    fps = cfg.fps
+    start_s, end_s = window.seconds(fps)
+    # the trigger token goes into every caption, whatever wrote it: it is what the LoRA learns
+    caption, source = cap.sidecar_caption(entries, start_s, end_s), "sidecar"
+    if caption is None and captioner is not None:
+        caption, source = captioner(clip), "vlm"
+    if caption and caption.strip():
+        caption = cap.with_trigger(trigger, caption)
+    else:
+        caption, source = cap.template_caption(trigger, title.title or title.id, title.description), "template"
+    caption = cap.clean_caption(caption, cfg.caption_max_chars)
+    key = f"{title.id}_{window.start:07d}"
+    mp4 = video.encode_clip(clip, fps, crf=cfg.crf, preset=cfg.preset)
+    (tdir / "clips" / f"{key}.mp4").write_bytes(mp4)
+    if cfg.thumbnails:
+        ok, jpg = cv2.imencode(".jpg", clip[len(clip) // 2][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+        (tdir / "clips" / f"{key}.jpg").write_bytes(jpg.tobytes())
+    meta = {
+        "key": key,
+        "caption": caption,
+        "caption_source": source,
+        "title_id": title.id,
+        "title": title.title,
+        "start_s": round(start_s, 6),
+        "end_s": round(end_s, 6),
+        "fps": fps,
+        "num_frames": int(len(clip)),
+        "width": int(clip.shape[2]),
+        "height": int(clip.shape[1]),
+        **rights,
+        "source_sha256": staged.source_sha256,
+        "clip_sha256": sha256_bytes(mp4),
+    }
+    return StagedClip(meta, clipmod.signature(clip).tobytes().hex())
+
+
+class Heartbeat:
+    """Touches a file while a title makes progress, so the parent can tell slow from hung."""
+
+    def __init__(self, path: Path, every: float = 1.0):
+        self.path, self.every, self._last = path, every, 0.0
+        self.beat()
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self.path.touch()
+            self._last = now

@@ -1,0 +1,70 @@
+"""The shard format: ShardSet reads what the builder wrote (by tar offsets), stock webdataset reads it too."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import webdataset as wds
+
+from reelora.data.shards import INDEX, ShardError, ShardSet, decode_frames, iter_clips, read_index, write_index, write_shard
+
+
+def test_shard_set_reads_every_clip_in_index_order(built):
+    index = read_index(built)
+    shards = ShardSet(built)
+    assert len(shards) == index["num_samples"] == 15
+    assert [c.key for c in shards.clips] == [k for s in index["shards"] for k in s["keys"]]
+    assert {c.shape for c in shards.clips} == {(8, 32, 48)}
+    assert shards.titles == ["black", "consent", "exclude", "good", "rot", "tenbit", "vfr"]
+    clip = shards.clips[0]
+    assert clip.meta["key"] == clip.key and clip.caption.startswith("tst style, ")
+    assert clip.sha256() == clip.meta["clip_sha256"] == __import__("hashlib").sha256(clip.read("mp4")).hexdigest()
+    frames = decode_frames(clip)  # the training layout
+    assert frames.shape == (8, 3, 32, 48) and frames.dtype == torch.float32
+    assert -1.0 <= frames.min() < 0 < frames.max() <= 1.0
+    seen = list(iter_clips(built))
+    assert [k for k, _, _ in seen] == [c.key for c in shards.clips]
+    key, meta, mp4 = seen[0]
+    assert meta["key"] == key and mp4[4:8] == b"ftyp"
+
+
+def test_stock_webdataset_reads_the_shards(built):
+    urls = [str(built / s["name"]) for s in read_index(built)["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert len(samples) == 15
+    assert {"mp4", "json", "jpg"} <= set(samples[0])
+    meta = json.loads(samples[0]["json"])
+    assert meta["clip_sha256"] == __import__("hashlib").sha256(samples[0]["mp4"]).hexdigest()
+
+
+def test_damaged_or_missing_sets_are_named(built, tmp_path):
+    with pytest.raises(ShardError, match=r"data.shards: shard directory '.*nowhere' does not exist"):
+        ShardSet(tmp_path / "nowhere", what="data.shards")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardError, match=r"data.shards: .*index.json: no shard index here \(build shards with"):
+        ShardSet(tmp_path / "empty", what="data.shards")
+    write_index(tmp_path / "empty", [])
+    with pytest.raises(ShardError, match="holds no clips"):
+        ShardSet(tmp_path / "empty")
+    (tmp_path / "empty" / INDEX).write_text(json.dumps({"format": "other/1", "shards": []}))
+    with pytest.raises(ShardError, match="format 'other/1'"):
+        ShardSet(tmp_path / "empty")
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy, ignore=shutil.ignore_patterns("work"))
+    first = read_index(copy)["shards"][0]["name"]
+    (copy / first).unlink()
+    with pytest.raises(ShardError, match=f"shard .*{first} is listed in .*index.json but missing"):
+        ShardSet(copy)
+    meta = json.dumps({"title_id": "t", "num_frames": 1, "height": 2, "width": 2}).encode()
+    write_shard(copy / first, [{"__key__": "x", "mp4": b"\0", "json": meta}])
+    with pytest.raises(ShardError, match=f"{first} holds 1 samples but index.json says 5"):
+        ShardSet(copy)
+    write_shard(copy / first, [{"__key__": "x", "json": meta}])
+    with pytest.raises(ShardError, match="sample 'x' has no .mp4"):
+        ShardSet(copy)
+    (copy / first).write_bytes(b"not a tar" * 100)
+    with pytest.raises(ShardError, match="unreadable"):
+        ShardSet(copy)
