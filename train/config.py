@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from reelora.models.settings import SampleSettings, bound_error
+
 
 class ConfigError(ValueError):
     """A config problem a user can fix: the message names the key (and file) at fault."""
@@ -174,25 +176,15 @@ class ValidationConfig:
     """Prompts sampled at each validation (one clip each, split across processes); empty = no samples."""
     seed: int = 0
     """Sampling seed; prompt i uses seed + i."""
-    num_inference_steps: int = 30
-    """Denoising steps per sample."""
-    guidance_scale: float = 5.0
-    """Classifier-free guidance scale for samples."""
-    num_frames: int = 33
-    """Frames per sample clip."""
-    height: int = 480
-    """Sample height in pixels."""
-    width: int = 832
-    """Sample width in pixels."""
-    fps: int = 16
-    """Frame rate of the written sample mp4s."""
+    sample: SampleSettings = field(default_factory=SampleSettings)
+    """How validation samples are drawn (steps, guidance, num_frames, height, width, fps, negative_prompt);
+    unset fields take the model family's defaults, as `reelora sample` does."""
 
     def __post_init__(self):
         _check(self.every >= 0, "validation.every", f"must be >= 0, got {self.every}")
         _check(self.num_clips >= 1, "validation.num_clips", f"must be >= 1, got {self.num_clips}")
         _check(len(self.quantiles) > 0 and all(0 < q < 1 for q in self.quantiles), "validation.quantiles", f"must be numbers in (0, 1), got {self.quantiles}")
-        for key in ("num_inference_steps", "num_frames", "height", "width", "fps"):
-            _check(getattr(self, key) >= 1, f"validation.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(bound_error("seed", self.seed) is None, "validation.seed", str(bound_error("seed", self.seed)))
 
 
 @dataclass

@@ -169,7 +169,11 @@ def load_backbone(cfg: Config, accelerator, cached: bool):
     """Load the frozen base on the device; with a cache the VAE and text encoder stay out of GPU memory."""
     from reelora.models.registry import load_model
 
-    weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
+    from reelora.dtypes import parse_dtype
+
+    # accelerate's "no" mixed precision means fp32 weights; bf16/fp16 are dtype names as they stand.
+    mp = cfg.train.mixed_precision
+    weight_dtype = parse_dtype("fp32" if mp == "no" else mp, "train.mixed_precision")
     components = ("transformer", "scheduler") if cached else ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     return load_model(cfg.model, dtype=weight_dtype, device=accelerator.device, components=components)
 
