@@ -134,8 +134,9 @@ class TrainConfig:
     """Mean of the normal whose sigmoid gives t (timestep_sampling: logit_normal)."""
     logit_std: float = 1.0
     """Std of the normal whose sigmoid gives t (timestep_sampling: logit_normal)."""
-    flow_shift: float = 1.0
-    """Timestep shift s: t' = s t / (1 + (s - 1) t); > 1 favours noisier times (Wan samples with 3.0-5.0)."""
+    flow_shift: float | None = None
+    """Timestep shift s: t' = s t / (1 + (s - 1) t); > 1 favours noisier times. null takes the model family's
+    `flow_shift`, the shift its sampler runs with."""
     deterministic: bool = False
     """Bitwise-reproducible math: torch deterministic algorithms, no cuDNN autotuning, and oneDNN disabled on
     CPU (its convolutions differ in the last bits between processes). Needed for exact resume; slower."""
@@ -154,7 +155,7 @@ class TrainConfig:
             _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm", f"must be > 0 or null, got {self.max_grad_norm}")
         _check(self.logit_std > 0, "train.logit_std", f"must be > 0, got {self.logit_std}")
-        _check(self.flow_shift > 0, "train.flow_shift", f"must be > 0, got {self.flow_shift}")
+        _check(self.flow_shift is None or self.flow_shift > 0, "train.flow_shift", f"must be > 0, got {self.flow_shift}")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _check(self.keep_last >= 1, "train.keep_last", f"must be >= 1, got {self.keep_last}")
         _check(bool(self.output_dir), "train.output_dir", "must not be empty")

@@ -43,6 +43,7 @@ def _run(cfg: Config, accelerator) -> int:
     data = open_training_data(cfg)
     val_clips = open_validation_clips(cfg, data)
 
+    cfg = with_family_defaults(cfg)
     spec, comps = load_backbone(cfg, accelerator, cached=data["cache"] is not None)
     model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -163,6 +164,17 @@ def open_validation_clips(cfg: Config, data: dict) -> list:
     else:
         clips = data["clips"]
     return clips[: cfg.validation.num_clips]
+
+
+def with_family_defaults(cfg: Config) -> Config:
+    """Fill the options whose null means "the model family's" (train.flow_shift) from the family spec."""
+    if cfg.train.flow_shift is not None:
+        return cfg
+    import dataclasses
+
+    from reelora.models.registry import resolve
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, flow_shift=resolve(cfg.model).flow_shift))
 
 
 def load_backbone(cfg: Config, accelerator, cached: bool):
