@@ -178,8 +178,8 @@ class ValidationConfig:
     seed: int = 0
     """Sampling seed; prompt i uses seed + i."""
     sample: SampleSettings = field(default_factory=SampleSettings)
-    """How validation samples are drawn (steps, guidance, num_frames, height, width, fps, negative_prompt);
-    unset fields take the model family's defaults, as `reelora sample` does."""
+    """How validation samples are drawn: the same settings as `reelora sample` (models/settings.py), unset
+    ones taking the model family's defaults."""
 
     def __post_init__(self):
         _check(self.every >= 0, "validation.every", f"must be >= 0, got {self.every}")
