@@ -15,6 +15,7 @@ _EXPORTS = {
     "Components": "reelora.models.spec",
     "Sampler": "reelora.models.sample",
     "ClipRequest": "reelora.models.sample",
+    "SampleSettings": "reelora.models.settings",
     "sample_clips": "reelora.models.sample",
     "read_prompts": "reelora.models.sample",
 }

@@ -14,7 +14,6 @@ multi-adapter mixing and fusing is peft's, through the diffusers pipeline API.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import struct
@@ -25,9 +24,11 @@ from typing import Any
 
 import torch
 
+from reelora.files import sha256_file
+from reelora.models.lora import DIFFUSERS_FILE
+
 # Extensions of checkpoint formats that are (or wrap) pickles: refused without being opened.
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz"}
-DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 # The LoraConfig fields worth recording in provenance (the full peft dict is ~40 mostly-null fields).
 LORA_CONFIG_FIELDS = ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern")
@@ -80,14 +81,14 @@ def resolve_adapter_path(path: str | Path) -> Path:
     """A file, or a training output / adapter directory holding `pytorch_lora_weights.safetensors`."""
     p = Path(path).expanduser()
     if p.is_dir():
-        for candidate in (p / DIFFUSERS_WEIGHT_NAME, p / "adapter" / DIFFUSERS_WEIGHT_NAME):
+        for candidate in (p / DIFFUSERS_FILE, p / "adapter" / DIFFUSERS_FILE):
             if candidate.is_file():
                 return candidate
         found = sorted(p.glob("*.safetensors"))
         if len(found) == 1:
             return found[0]
         listing = ", ".join(f.name for f in found) or "no .safetensors files"
-        raise AdapterError(f"adapter {p}: a directory without {DIFFUSERS_WEIGHT_NAME} ({listing}); pass the file itself")
+        raise AdapterError(f"adapter {p}: a directory without {DIFFUSERS_FILE} ({listing}); pass the file itself")
     if not p.is_file():
         raise AdapterError(f"adapter {p}: no such file")
     return p
@@ -117,13 +118,14 @@ def check_safetensors_file(path: Path) -> None:
         raise AdapterError(f"adapter {path}: not a safetensors file (bad header); {why_pickle}")
 
 
-def read_adapter(path: str | Path, scale: float = 1.0, family: str = "wan") -> Adapter:
+def read_adapter(path: str | Path, scale: float = 1.0, family: str | None = None) -> Adapter:
     """Read a safetensors LoRA, detect its format and convert its keys to diffusers' with diffusers' converters.
 
     Args:
         path: the adapter file, or a directory holding `pytorch_lora_weights.safetensors`.
         scale: the weight this adapter gets when mixed (0 disables it exactly).
-        family: backbone family whose diffusers pipeline converts foreign key layouts ('wan', 'ltx').
+        family: backbone family whose diffusers pipeline converts foreign key layouts (a registered family
+            name); needed only for ComfyUI / musubi files.
 
     Raises:
         AdapterError: not safetensors, NaN/inf values, unknown or mixed key layout, failed conversion.
@@ -150,7 +152,7 @@ def read_adapter(path: str | Path, scale: float = 1.0, family: str = "wan") -> A
     fmt = detect_format(p, raw)
     state_dict, lora_metadata = _to_diffusers(p, fmt, raw, header, family)
     lineage = {k: _maybe_json(v) for k, v in header.items() if k not in ("format", LORA_METADATA_KEY)}
-    return Adapter(path=p, scale=float(scale), sha256=file_sha256(p), format=fmt, state_dict=state_dict,
+    return Adapter(path=p, scale=float(scale), sha256=sha256_file(p), format=fmt, state_dict=state_dict,
                    lora_metadata=lora_metadata, lineage=lineage)
 
 
@@ -191,7 +193,14 @@ def _to_diffusers(path, fmt, raw, header, family) -> tuple[dict[str, torch.Tenso
         return dict(raw), _prefixed(metadata)
     # Foreign layouts: diffusers' converters fold each `.alpha` into the weights, so the rank/alpha
     # metadata (if any) must not be applied a second time.
-    pipeline_cls = _pipeline_class(family)
+    if family is None:
+        raise AdapterError(f"adapter {path}: a {fmt} file needs the backbone family to convert its keys")
+    try:
+        from reelora.models.registry import family_spec
+
+        pipeline_cls = family_spec(family).pipeline_class()
+    except ValueError as exc:
+        raise AdapterError(f"adapter {path}: no LoRA key converter: {exc}") from exc
     try:
         converted = pipeline_cls.lora_state_dict(dict(raw))
     except Exception as exc:  # the converters raise bare KeyError/ValueError on missing pieces
@@ -207,15 +216,6 @@ def _prefixed(metadata: dict | None) -> dict | None:
     if metadata and not any(k.startswith("transformer.") for k in metadata):
         return {f"transformer.{k}": v for k, v in metadata.items()}
     return metadata
-
-
-def _pipeline_class(family: str):
-    import diffusers
-
-    names = {"wan": "WanPipeline", "ltx": "LTXPipeline"}
-    if family not in names:
-        raise AdapterError(f"no LoRA key converter for model family {family!r} (known: {', '.join(names)})")
-    return getattr(diffusers, names[family])
 
 
 def validate(adapter: Adapter, transformer: torch.nn.Module, model_name: str = "the backbone") -> None:
@@ -302,14 +302,6 @@ def lora_config_summary(metadata: dict | None, state_dict: dict[str, torch.Tenso
         out["alpha_folded_into_weights"] = True
     out["modules"] = sum(1 for k in state_dict if k.endswith("lora_A.weight"))
     return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _maybe_json(value: str) -> Any:

@@ -73,3 +73,64 @@ def weights_hash(source: str) -> str | None:
 
 def count_params(module: torch.nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What both families' load() and tiny() share
+
+# The tiny T5-style text encoder of every `tiny-*` backbone (UMT5 for Wan, T5 for LTX: same config keys).
+TINY_TEXT = dict(
+    vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+    relative_attention_max_distance=32, dropout_rate=0.0, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+    pad_token_id=0, eos_token_id=1,
+)
+_WEIGHTED = ("transformer", "vae", "text_encoder")
+
+
+def load_pretrained(family: str, source: str, classes: dict, *, dtype: torch.dtype, device, components, revision,
+                    max_text_len: int, fp32: tuple[str, ...] = ()):
+    """Load `components` of a diffusers directory / hub id with `classes[name].from_pretrained`.
+
+    Args:
+        classes: component name -> diffusers/transformers class.
+        fp32: components kept in float32 whatever `dtype` is (a numerically fragile VAE).
+        max_text_len: the family's text length, capped by the tokenizer's own limit.
+    """
+    from reelora.models.spec import ALL_COMPONENTS, Components
+
+    c = Components(family=family, source=source, revision=revision or weights_hash(source))
+    for name in ALL_COMPONENTS:
+        if name not in components:
+            continue
+        kw = load_kwargs(source, name, revision)
+        if name in _WEIGHTED:
+            kw["torch_dtype"] = torch.float32 if name in fp32 else dtype
+        setattr(c, name, classes[name].from_pretrained(source, **kw))
+    for m in c.modules().values():
+        m.to(device).eval()
+    limit = getattr(c.tokenizer, "model_max_length", max_text_len) or max_text_len
+    c.extra["max_text_len"] = min(max_text_len, limit)
+    return c
+
+
+def build_tiny(family: str, seed: int, components, builders: dict, max_text_len: int):
+    """A `tiny-<family>` Components: each module built by `builders[name]()` under its own derived seed.
+
+    Each component gets its own seed so asking for a subset builds identical weights. The tokenizer is
+    byte-level (ByT5): it needs no vocabulary file, so nothing is fetched from a hub.
+    """
+    from transformers import ByT5Tokenizer
+
+    from reelora.models.spec import Components
+
+    c = Components(family=family, source=f"tiny-{family}", revision=f"seed{seed}")
+    for offset, name in enumerate(_WEIGHTED, start=1):
+        if name in components:
+            with seeded(seed * 1000 + offset):
+                setattr(c, name, builders[name]().eval())
+    if "tokenizer" in components:
+        c.tokenizer = ByT5Tokenizer(model_max_length=max_text_len)
+    if "scheduler" in components:
+        c.scheduler = builders["scheduler"]()
+    c.extra["max_text_len"] = max_text_len
+    return c

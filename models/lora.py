@@ -1,4 +1,4 @@
-"""LoRA on diffusers transformers with peft: attach, state dicts, and export in diffusers and ComfyUI formats.
+"""LoRA on diffusers transformers with peft: attach, state dicts, and export (diffusers + the family's own formats).
 
 API (used by train/ and by the sampler):
     attach_lora(transformer, rank=, alpha=, target_modules=, dropout=, init=, seed=) -> peft LoraConfig
@@ -6,29 +6,28 @@ API (used by train/ and by the sampler):
     load_lora_state_dict(transformer, sd)           # exact copy into an attached adapter (resume)
     adapter_metadata(rank, alpha, target_modules)   # what diffusers needs to rebuild the LoraConfig
     save_adapter(out_dir, sd, rank=, alpha=, target_modules=, family=, lineage=) -> {"diffusers": path, ...}
-    to_comfyui(sd, alpha) / wan_original_name(name)  # diffusers Wan names -> original Wan names
 
 Files written by `save_adapter` (in out_dir):
     pytorch_lora_weights.safetensors  keys `transformer.<module>.lora_A.weight` / `.lora_B.weight`; metadata
         `lora_adapter_metadata` (JSON: transformer.r, transformer.lora_alpha, transformer.target_modules, ...,
         read by `WanPipeline.load_lora_weights`) and `reelora.*` lineage keys (JSON strings).
-    comfyui_lora.safetensors          (Wan only) keys `diffusion_model.<original Wan module>.lora_A.weight`,
-        `.lora_B.weight` and `.alpha` (a scalar tensor).
+    files of the family's `exports` (Wan: comfyui_lora.safetensors, original Wan module names; see models/wan.py),
+        with the same lineage keys.
     README.md                         model card.
 Only safetensors are written or read: never pickle.
 """
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from reelora.files import save_safetensors_atomic, write_text_atomic
+from reelora.models.registry import family_spec
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
-COMFYUI_FILE = "comfyui_lora.safetensors"
+"""The adapter file name diffusers' `load_lora_weights` looks for (the one name every reader uses)."""
 LINEAGE_PREFIX = "reelora."
 INITS = {"default": True, "gaussian": "gaussian", "orthogonal": "orthogonal"}
 
@@ -101,61 +100,12 @@ def adapter_metadata(rank: int, alpha: float, target_modules) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# ComfyUI / original Wan names
-
-# diffusers WanTransformer3DModel module -> original Wan2.1 module (wan/modules/model.py), as in diffusers'
-# scripts/convert_wan_to_diffusers.py, read in reverse.
-_WAN_BLOCK_RENAMES = [
-    ("attn1.to_q", "self_attn.q"), ("attn1.to_k", "self_attn.k"), ("attn1.to_v", "self_attn.v"),
-    ("attn1.to_out.0", "self_attn.o"), ("attn2.to_q", "cross_attn.q"), ("attn2.to_k", "cross_attn.k"),
-    ("attn2.to_v", "cross_attn.v"), ("attn2.to_out.0", "cross_attn.o"), ("attn2.add_k_proj", "cross_attn.k_img"),
-    ("attn2.add_v_proj", "cross_attn.v_img"), ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"),
-]
-_WAN_TOP_RENAMES = {
-    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
-    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
-    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
-    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
-    "condition_embedder.time_proj": "time_projection.1",
-    "proj_out": "head.head",
-    "patch_embedding": "patch_embedding",
-}
-
-
-def wan_original_name(module: str) -> str:
-    """diffusers Wan module name -> original Wan2.1 name ('blocks.3.attn1.to_q' -> 'blocks.3.self_attn.q').
-
-    Raises:
-        KeyError: a module with no original counterpart (the adapter cannot be written for ComfyUI).
-    """
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
-    if m:
-        for ours, theirs in _WAN_BLOCK_RENAMES:
-            if m.group(2) == ours:
-                return f"blocks.{m.group(1)}.{theirs}"
-    elif module in _WAN_TOP_RENAMES:
-        return _WAN_TOP_RENAMES[module]
-    raise KeyError(f"no original Wan name for diffusers module {module!r}")
-
-
-def to_comfyui(sd: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """peft-named Wan LoRA weights -> ComfyUI keys with a per-module `.alpha`."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        module, _, rest = key.partition(".lora_")
-        name = f"diffusion_model.{wan_original_name(module)}"
-        out[f"{name}.lora_{rest}"] = value
-        out[f"{name}.alpha"] = torch.tensor(float(alpha))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Export
 
 
 def save_adapter(out_dir: str | Path, sd: dict[str, torch.Tensor], *, rank: int, alpha: float, target_modules,
                  family: str, lineage: dict | None = None) -> dict[str, Path]:
-    """Write the diffusers file, the ComfyUI file (Wan) and a model card into `out_dir`; returns their paths.
+    """Write the diffusers file, the family's other formats (`spec.exports`) and a model card; returns their paths.
 
     `lineage` values are JSON-encoded into safetensors metadata under `reelora.<key>`.
     """
@@ -168,13 +118,16 @@ def save_adapter(out_dir: str | Path, sd: dict[str, torch.Tensor], *, rank: int,
     meta["lora_adapter_metadata"] = json.dumps(packed, indent=2, sort_keys=True)
     meta.update({LINEAGE_PREFIX + k: json.dumps(v, sort_keys=True) for k, v in lineage.items()})
     paths = {"diffusers": out / DIFFUSERS_FILE}
-    _atomic_save({f"transformer.{k}": v for k, v in sd.items()}, paths["diffusers"], meta)
-    if family == "wan":
-        paths["comfyui"] = out / COMFYUI_FILE
-        comfy_meta = {"format": "pt", **{k: v for k, v in meta.items() if k.startswith(LINEAGE_PREFIX)}}
-        _atomic_save(to_comfyui(sd, alpha), paths["comfyui"], comfy_meta)
+    save_safetensors_atomic({f"transformer.{k}": v for k, v in sd.items()}, paths["diffusers"], meta)
+    notes = []
+    other_meta = {"format": "pt", **{k: v for k, v in meta.items() if k.startswith(LINEAGE_PREFIX)}}
+    for key, (name, tensors, note) in family_spec(family).exports(sd, alpha).items():
+        paths[key] = out / name
+        save_safetensors_atomic(tensors, paths[key], other_meta)
+        notes.append(f"`{name}` holds {note}.")
     paths["card"] = out / "README.md"
-    paths["card"].write_text(model_card(rank=rank, alpha=alpha, target_modules=target_modules, family=family, lineage=lineage))
+    write_text_atomic(paths["card"], model_card(rank=rank, alpha=alpha, target_modules=target_modules, family=family,
+                                                lineage=lineage, notes=notes))
     return paths
 
 
@@ -187,13 +140,7 @@ def read_lineage(path: str | Path) -> dict:
     return {k[len(LINEAGE_PREFIX):]: json.loads(v) for k, v in meta.items() if k.startswith(LINEAGE_PREFIX)}
 
 
-def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
-
-
-def model_card(*, rank: int, alpha: float, target_modules, family: str, lineage: dict) -> str:
+def model_card(*, rank: int, alpha: float, target_modules, family: str, lineage: dict, notes: list[str] = ()) -> str:
     base = lineage.get("base_model", "?")
     titles = lineage.get("titles") or []
     lines = [
@@ -218,10 +165,10 @@ def model_card(*, rank: int, alpha: float, target_modules, family: str, lineage:
         "## Use",
         "",
         "```python",
-        "pipe.load_lora_weights(\"path/to/adapter\", weight_name=\"pytorch_lora_weights.safetensors\")",
+        f"pipe.load_lora_weights(\"path/to/adapter\", weight_name=\"{DIFFUSERS_FILE}\")",
         "```",
         "",
-        "`comfyui_lora.safetensors` holds the same weights under the original Wan module names for ComfyUI.",
+        *notes,
         "The full training config and lineage are in the safetensors metadata (`reelora.*` keys).",
         "",
     ]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from reelora.models.common import flow_match_noise, load_kwargs, seeded, weights_hash
+from reelora.models.common import TINY_TEXT, build_tiny, flow_match_noise, load_pretrained
+from reelora.models.settings import SampleSettings
 from reelora.models.spec import ALL_COMPONENTS, Components
 
 # Shapes follow diffusers' own LTX pipeline tests, which are the smallest configs known to run.
@@ -21,11 +23,6 @@ TINY_TRANSFORMER = dict(
     in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
     cross_attention_dim=32, num_layers=2, caption_channels=32,
 )
-TINY_TEXT = dict(
-    vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-    relative_attention_max_distance=32, dropout_rate=0.0, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-    pad_token_id=0, eos_token_id=1,
-)
 TINY_MAX_TEXT_LEN = 32
 FRAME_RATE = 25  # LTXPipeline's default; the RoPE interpolation scale depends on it
 
@@ -37,50 +34,44 @@ class LTXSpec:
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     max_text_len: int = 128
 
+    # What the released checkpoints were tuned for, and small settings for `tiny-ltx` (tests and demos).
+    sample_defaults: ClassVar[SampleSettings] = SampleSettings(num_frames=121, height=480, width=704, steps=50, guidance=3.0, fps=24.0)
+    tiny_sample_defaults: ClassVar[SampleSettings] = SampleSettings(num_frames=9, height=32, width=32, steps=4, guidance=3.0, fps=8.0)
+    size_multiple: ClassVar[int] = 32
+    """Height/width multiple LTXPipeline.check_inputs insists on."""
+    flow_shift: ClassVar[float] = 1.0
+    """Shift of the tiny scheduler (FlowMatchEulerDiscreteScheduler's default); released LTX checkpoints
+    shift by resolution through their own scheduler config."""
+
     def load(self, source, *, dtype=torch.float32, device="cpu", components=ALL_COMPONENTS, revision=None):
         from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
         from transformers import AutoTokenizer, T5EncoderModel
 
-        c = Components(family=self.family, source=source, revision=revision or weights_hash(source))
-        if "transformer" in components:
-            c.transformer = LTXVideoTransformer3DModel.from_pretrained(source, torch_dtype=dtype, **load_kwargs(source, "transformer", revision))
-        if "vae" in components:
-            c.vae = AutoencoderKLLTXVideo.from_pretrained(source, torch_dtype=dtype, **load_kwargs(source, "vae", revision))
-        if "text_encoder" in components:
-            c.text_encoder = T5EncoderModel.from_pretrained(source, torch_dtype=dtype, **load_kwargs(source, "text_encoder", revision))
-        if "tokenizer" in components:
-            c.tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs(source, "tokenizer", revision))
-        if "scheduler" in components:
-            c.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, **load_kwargs(source, "scheduler", revision))
-        for m in c.modules().values():
-            m.to(device).eval()
+        classes = dict(transformer=LTXVideoTransformer3DModel, vae=AutoencoderKLLTXVideo, text_encoder=T5EncoderModel,
+                       tokenizer=AutoTokenizer, scheduler=FlowMatchEulerDiscreteScheduler)
+        c = load_pretrained(self.family, source, classes, dtype=dtype, device=device, components=components,
+                            revision=revision, max_text_len=self.max_text_len)
         _record_ratios(c)
-        c.extra["max_text_len"] = min(self.max_text_len, getattr(c.tokenizer, "model_max_length", self.max_text_len) or self.max_text_len)
         return c
 
     def tiny(self, seed: int = 0, components=ALL_COMPONENTS) -> Components:
         from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
-        from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+        from transformers import T5Config, T5EncoderModel
 
-        c = Components(family=self.family, source="tiny-ltx", revision=f"seed{seed}")
-        if "transformer" in components:
-            with seeded(seed * 1000 + 1):
-                c.transformer = LTXVideoTransformer3DModel(**TINY_TRANSFORMER).eval()
-        if "vae" in components:
-            with seeded(seed * 1000 + 2):
-                c.vae = AutoencoderKLLTXVideo(**TINY_VAE).eval()
+        def vae():
+            v = AutoencoderKLLTXVideo(**TINY_VAE)
             # Framewise tiling paths assume real sizes; the tiny VAE encodes whole clips at once.
-            c.vae.use_framewise_encoding = False
-            c.vae.use_framewise_decoding = False
-        if "text_encoder" in components:
-            with seeded(seed * 1000 + 3):
-                c.text_encoder = T5EncoderModel(T5Config(**TINY_TEXT)).eval()
-        if "tokenizer" in components:
-            c.tokenizer = ByT5Tokenizer(model_max_length=TINY_MAX_TEXT_LEN)
-        if "scheduler" in components:
-            c.scheduler = FlowMatchEulerDiscreteScheduler()
+            v.use_framewise_encoding = False
+            v.use_framewise_decoding = False
+            return v
+
+        builders = dict(
+            transformer=lambda: LTXVideoTransformer3DModel(**TINY_TRANSFORMER), vae=vae,
+            text_encoder=lambda: T5EncoderModel(T5Config(**TINY_TEXT)),
+            scheduler=lambda: FlowMatchEulerDiscreteScheduler(shift=self.flow_shift),
+        )
+        c = build_tiny(self.family, seed, components, builders, TINY_MAX_TEXT_LEN)
         _record_ratios(c)
-        c.extra["max_text_len"] = TINY_MAX_TEXT_LEN
         return c
 
     def _stats(self, vae, ref):
@@ -136,11 +127,18 @@ class LTXSpec:
         pred = pred.reshape(b, f, h, w, -1).permute(0, 4, 1, 2, 3)
         return pred.float(), target.float()
 
-    def pipeline(self, comps):
-        from diffusers import LTXPipeline
+    def pipeline_class(self):
+        import diffusers
 
-        return LTXPipeline(scheduler=comps.scheduler, vae=comps.vae, text_encoder=comps.text_encoder,
-                           tokenizer=comps.tokenizer, transformer=comps.transformer)
+        return getattr(diffusers, self.pipeline_class_name)
+
+    def pipeline(self, comps):
+        return self.pipeline_class()(scheduler=comps.scheduler, vae=comps.vae, text_encoder=comps.text_encoder,
+                                     tokenizer=comps.tokenizer, transformer=comps.transformer)
+
+    def exports(self, sd: dict[str, torch.Tensor], alpha: float) -> dict[str, tuple[str, dict, str]]:
+        """No LTX format besides diffusers' is in common use: the diffusers file is the only one."""
+        return {}
 
 
 def _record_ratios(c: Components) -> None:

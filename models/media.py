@@ -53,13 +53,18 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, provenance: dict
 
 
 def read_mp4(path: str | Path) -> tuple[np.ndarray, dict]:
-    """Decode an mp4 to uint8 [F, H, W, 3] and return its container tags (for tests and review tools)."""
+    """Decode an mp4 to uint8 [F, H, W, 3] and return its container tags (for tests and review tools).
+
+    The frames come from the one clip decoder, `reelora.data.video.decode_clip`.
+    """
     import av
+
+    from reelora.data.video import decode_clip
 
     with av.open(str(path)) as container:
         tags = dict(container.metadata)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    return np.stack(frames), tags
+    frames = decode_clip(Path(path).read_bytes()).permute(0, 2, 3, 1).numpy()
+    return frames, tags
 
 
 def read_provenance(path: str | Path) -> dict:

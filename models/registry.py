@@ -16,6 +16,27 @@ def tiny_names() -> list[str]:
     return [TINY_PREFIX + f for f in FAMILIES]
 
 
+def family_spec(family: str) -> ModelSpec:
+    """The spec registered under `family` (as recorded in Components.family and adapter lineage).
+
+    Raises:
+        ValueError: an unknown family, listing the known ones.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[family]
+
+
+def is_tiny(source: str) -> bool:
+    """Whether `source` names a built-in tiny backbone (not a directory that happens to start with tiny-)."""
+    return source.startswith(TINY_PREFIX) and not _looks_like_path(source)
+
+
+def sample_defaults(source: str, spec: ModelSpec):
+    """The family's sampling defaults for `source`: the tiny ones for a built-in tiny name."""
+    return spec.tiny_sample_defaults if is_tiny(source) else spec.sample_defaults
+
+
 def resolve(source: str, revision: str | None = None) -> ModelSpec:
     """The spec for a built-in tiny name, a local diffusers directory or a hub id.
 
@@ -23,7 +44,7 @@ def resolve(source: str, revision: str | None = None) -> ModelSpec:
         ValueError: the name looks built-in but is not, or model_index.json names an unsupported pipeline.
         FileNotFoundError: a directory/hub id without a readable model_index.json.
     """
-    if source.startswith(TINY_PREFIX) and not _looks_like_path(source):
+    if is_tiny(source):
         family = source[len(TINY_PREFIX):]
         if family not in FAMILIES:
             raise ValueError(f"unknown built-in model {source!r}; built-ins: {', '.join(tiny_names())}")
@@ -48,7 +69,7 @@ def load_model(
 ) -> tuple[ModelSpec, Components]:
     """Resolve `source` and load the requested components (tiny names are built from `seed`)."""
     spec = resolve(source, revision)
-    if source.startswith(TINY_PREFIX) and not _looks_like_path(source):
+    if is_tiny(source):
         comps = spec.tiny(seed=seed, components=components)
         for m in comps.modules().values():
             # Tiny modules are built in fp32; the VAE stays fp32 (as real Wan loads it).

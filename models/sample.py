@@ -27,53 +27,39 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from reelora.dtypes import parse_dtype
 from reelora.models import adapters as adapter_io
 from reelora.models import media
+from reelora.models.settings import SampleSettings, check_value, setting_names
 
 log = logging.getLogger(__name__)
 
-# Defaults per family: the settings the released checkpoints were tuned for, and small ones for the
-# built-in tiny backbones (which only exist for tests and demos).
-FAMILY_DEFAULTS = {
-    "wan": dict(num_frames=81, height=480, width=832, steps=50, guidance=5.0, fps=16.0),
-    "ltx": dict(num_frames=121, height=480, width=704, steps=50, guidance=3.0, fps=24.0),
-}
-TINY_DEFAULTS = {
-    "wan": dict(num_frames=9, height=32, width=32, steps=4, guidance=5.0, fps=8.0),
-    "ltx": dict(num_frames=9, height=32, width=32, steps=4, guidance=3.0, fps=8.0),
-}
-# Height/width multiples that WanPipeline.check_inputs / LTXPipeline.check_inputs insist on.
-SIZE_MULTIPLE = {"wan": 16, "ltx": 32}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-@dataclass
-class ClipRequest:
-    """One clip to sample. None fields take the sampler's defaults for the model family."""
+@dataclass(kw_only=True)
+class ClipRequest(SampleSettings):
+    """One clip to sample: a prompt, its seed and file name, and the sampling settings (None = family default)."""
 
     prompt: str
-    negative_prompt: str | None = None
     seed: int = 0
     """Seeds a CPU torch.Generator for the initial noise: same seed + settings -> same frames."""
-    num_frames: int | None = None
-    """Frames to generate; `num_frames - 1` must be a multiple of the VAE's temporal compression."""
-    height: int | None = None
-    width: int | None = None
-    steps: int | None = None
-    """Denoising steps."""
-    guidance: float | None = None
-    """Classifier-free guidance scale (<= 1 disables the negative branch)."""
-    fps: float | None = None
-    """Frame rate of the written mp4 (playback only; does not change the frames)."""
     name: str | None = None
     """Output file stem; default `<index>-<prompt slug>`."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_value("seed", self.seed)
+        if self.name is not None and not _NAME_RE.match(self.name):
+            raise ValueError(f"name {self.name!r} must be a plain file stem (letters, digits, . _ -)")
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "request") -> "ClipRequest":
         """Build from a JSON object; accepts `frames` for num_frames and `size` as 'HxW' or [H, W].
 
         Raises:
-            ValueError: unknown keys or a missing prompt, naming `where` (e.g. 'prompts.jsonl:3').
+            ValueError: unknown keys, a missing prompt or an out-of-range number, naming `where`
+                (e.g. 'prompts.jsonl:3') and the key.
         """
         data = dict(data)
         if "frames" in data:
@@ -87,7 +73,45 @@ class ClipRequest:
                              f"{', '.join(sorted(known | {'frames', 'size'}))}")
         if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
             raise ValueError(f"{where}: needs a non-empty 'prompt' string")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+
+
+def resolve_request(request: ClipRequest, *, defaults: SampleSettings, pipe: Any, size_multiple: int,
+                    model: str) -> ClipRequest:
+    """Fill unset settings from `defaults` and check frames/size fit the pipeline's VAE and the family.
+
+    Raises:
+        ValueError: naming the clip and the setting that does not fit.
+    """
+    req = replace(request, **request.filled(defaults))
+    where = f"clip {req.name or repr(req.prompt[:40])}"
+    t_ratio = int(getattr(pipe, "vae_scale_factor_temporal", None) or getattr(pipe, "vae_temporal_compression_ratio", 1))
+    if (req.num_frames - 1) % t_ratio:
+        raise ValueError(f"{where}: num_frames={req.num_frames} does not fit {model}; it must be "
+                         f"1 + a multiple of {t_ratio} (e.g. {t_ratio + 1}, {2 * t_ratio + 1}, {4 * t_ratio + 1})")
+    for key in ("height", "width"):
+        v = getattr(req, key)
+        if v % size_multiple:
+            raise ValueError(f"{where}: {key}={v} must be a positive multiple of {size_multiple} for {model}")
+    return req
+
+
+@torch.no_grad()
+def render(pipe: Any, req: ClipRequest, max_text_len: int) -> np.ndarray:
+    """Run `pipe` for a resolved request: uint8 frames [F, H, W, 3]. The sampler and validation both call this."""
+    # A CPU generator gives the same initial noise on every device (diffusers moves it over).
+    generator = torch.Generator("cpu").manual_seed(int(req.seed))
+    out = pipe(
+        prompt=req.prompt, negative_prompt=req.negative_prompt, num_frames=req.num_frames,
+        height=req.height, width=req.width, num_inference_steps=req.steps, guidance_scale=req.guidance,
+        generator=generator, output_type="np",
+        # Wan's cross-attention sees the padding: sample at the text length the model trained with.
+        max_sequence_length=max_text_len,
+    )
+    return media.to_uint8(np.asarray(out.frames[0]))
 
 
 @dataclass
@@ -132,11 +156,12 @@ class Sampler:
     def __init__(self, model: str, loras: str | Path | Iterable[str | Path | tuple[str, float]] = (), *, fuse: bool = False,
                  device: str | None = None, dtype: str | torch.dtype | None = None, cpu_offload: bool = False,
                  vae_tiling: bool = False, vae_slicing: bool = False, progress: bool = True, model_seed: int = 0):
-        from reelora.models.registry import load_model, resolve
+        from reelora.models.registry import load_model, resolve, sample_defaults
 
         self.model = model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = _dtype(dtype, self.device)
+        self.dtype = parse_dtype(dtype, "dtype") if dtype is not None else (
+            torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.progress = progress
         spec = resolve(model)
         if isinstance(loras, (str, Path)):  # one adapter given bare, not in a list
@@ -165,8 +190,7 @@ class Sampler:
         if vae_slicing:
             self.pipe.vae.enable_slicing()
         self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps", position=1)
-        tiny = model.startswith("tiny-") and not Path(model).exists()
-        self.defaults = dict((TINY_DEFAULTS if tiny else FAMILY_DEFAULTS)[self.spec.family])
+        self.defaults = sample_defaults(model, self.spec)
 
     # -- one clip -----------------------------------------------------------------------------------------
 
@@ -177,41 +201,14 @@ class Sampler:
             ValueError: naming the clip and the setting that does not fit.
         """
         req = ClipRequest(prompt=request) if isinstance(request, str) else request
-        req = replace(req, **overrides)
-        filled = {k: (getattr(req, k) if getattr(req, k) is not None else v) for k, v in self.defaults.items()}
-        req = replace(req, **filled)
-        where = f"clip {req.name or repr(req.prompt[:40])}"
-        t_ratio, s_mult = self._granularity()
-        if req.num_frames < 1 or (req.num_frames - 1) % t_ratio:
-            raise ValueError(f"{where}: num_frames={req.num_frames} does not fit {self.model}; it must be "
-                             f"1 + a multiple of {t_ratio} (e.g. {t_ratio + 1}, {2 * t_ratio + 1}, {4 * t_ratio + 1})")
-        for key in ("height", "width"):
-            v = getattr(req, key)
-            if v < s_mult or v % s_mult:
-                raise ValueError(f"{where}: {key}={v} must be a positive multiple of {s_mult} for {self.model}")
-        if req.steps < 1:
-            raise ValueError(f"{where}: steps must be >= 1, got {req.steps}")
-        if req.fps <= 0:
-            raise ValueError(f"{where}: fps must be > 0, got {req.fps}")
-        if req.name is not None and not _NAME_RE.match(req.name):
-            raise ValueError(f"{where}: name {req.name!r} must be a plain file stem (letters, digits, . _ -)")
-        return req
+        return resolve_request(replace(req, **overrides), defaults=self.defaults, pipe=self.pipe,
+                               size_multiple=self.spec.size_multiple, model=self.model)
 
-    @torch.no_grad()
     def generate(self, request: ClipRequest | str, **overrides: Any) -> Clip:
         """Sample one clip. `overrides` are ClipRequest fields (seed=, num_frames=, ...)."""
         req = self.resolve(request, **overrides)
         started = time.time()
-        # A CPU generator gives the same initial noise on every device (diffusers moves it over).
-        generator = torch.Generator("cpu").manual_seed(int(req.seed))
-        out = self.pipe(
-            prompt=req.prompt, negative_prompt=req.negative_prompt, num_frames=req.num_frames,
-            height=req.height, width=req.width, num_inference_steps=req.steps, guidance_scale=req.guidance,
-            generator=generator, output_type="np",
-            # Wan's cross-attention sees the padding: sample at the text length the model trained with.
-            max_sequence_length=self.comps.extra["max_text_len"],
-        )
-        frames = media.to_uint8(np.asarray(out.frames[0]))
+        frames = render(self.pipe, req, self.comps.extra["max_text_len"])
         return Clip(frames=frames, request=req, provenance=self.provenance(req, started))
 
     def save(self, clip: Clip, out_dir: str | Path, name: str | None = None) -> SampleResult:
@@ -276,33 +273,28 @@ class Sampler:
             "duration_s": round(time.time() - started, 3),
         }
 
-    def _granularity(self) -> tuple[int, int]:
-        """(temporal compression, height/width multiple) of this pipeline."""
-        pipe = self.pipe
-        t_ratio = getattr(pipe, "vae_scale_factor_temporal", None) or getattr(pipe, "vae_temporal_compression_ratio", 1)
-        return int(t_ratio), SIZE_MULTIPLE.get(self.spec.family, 16)
-
 
 def sample_clips(model: str, prompts: str | Sequence[str | dict | ClipRequest] | None = None, *,
                  prompts_file: str | Path | None = None, loras: Iterable[str | tuple[str, float]] = (),
-                 out: str | Path = "samples", negative_prompt: str | None = None, seed: int = 0,
-                 num_frames: int | None = None, height: int | None = None, width: int | None = None,
-                 steps: int | None = None, guidance: float | None = None, fps: float | None = None,
-                 fuse: bool = False, contact_sheet: bool = True, **sampler_kwargs: Any) -> list[SampleResult]:
+                 out: str | Path = "samples", seed: int = 0, settings: SampleSettings | None = None,
+                 fuse: bool = False, contact_sheet: bool = True, **kwargs: Any) -> list[SampleResult]:
     """`reelora sample` as a function: sample every prompt, write mp4 + JSON sidecars + contact sheet to `out`.
 
     Args:
         prompts: one prompt, or a list of prompts / dicts (JSONL-style overrides) / ClipRequests.
         prompts_file: plain text (one prompt per line) or JSONL (see `read_prompts`), instead of `prompts`.
-        The remaining settings are the defaults for every prompt (a file line or dict may override them);
-        `sampler_kwargs` go to `Sampler` (device, dtype, cpu_offload, vae_tiling, vae_slicing, progress).
+        seed, settings: the defaults for every prompt (a file line or dict may override them); SampleSettings
+            fields may also be given as keywords (`steps=2`).
+        kwargs: other keywords go to `Sampler` (device, dtype, cpu_offload, vae_tiling, vae_slicing, progress).
     """
     if (prompts is None) == (prompts_file is None):
         raise ValueError("give exactly one of prompts or prompts_file")
-    base = dict(negative_prompt=negative_prompt, seed=seed, num_frames=num_frames, height=height, width=width,
-                steps=steps, guidance=guidance, fps=fps)
+    given = {k: kwargs.pop(k) for k in setting_names() if k in kwargs}
+    settings = replace(settings or SampleSettings(), **given)
+    base = {**{k: getattr(settings, k) for k in setting_names()}, "seed": seed}
+    check_value("seed", seed)
     requests = read_prompts(prompts_file, base) if prompts_file is not None else build_requests(prompts, base)
-    sampler = Sampler(model, loras, fuse=fuse, **sampler_kwargs)
+    sampler = Sampler(model, loras, fuse=fuse, **kwargs)
     return sampler.run(requests, out, contact_sheet=contact_sheet)
 
 
@@ -383,18 +375,6 @@ def _lineage_mismatch(adapter: adapter_io.Adapter, model: str, revision: str | N
     return out
 
 
-def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
-    return names[dtype]
-
-
 def _parse_size(size: Any, where: str) -> tuple[int, int]:
     if isinstance(size, str) and re.fullmatch(r"\d+x\d+", size.strip().lower()):
         h, w = size.strip().lower().split("x")
@@ -425,4 +405,4 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-__all__ = ["Sampler", "ClipRequest", "Clip", "SampleResult", "sample_clips", "read_prompts", "build_requests"]
+__all__ = ["Sampler", "ClipRequest", "SampleSettings", "resolve_request", "render", "Clip", "SampleResult", "sample_clips", "read_prompts", "build_requests"]

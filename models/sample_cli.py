@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
+from dataclasses import fields
 
-EPILOG = """\
+from reelora.dtypes import NAMES as DTYPE_NAMES
+from reelora.models.settings import SampleSettings, bound_error
+
+EPILOG_TEMPLATE = """\
 outputs (in --out DIR):
   <name>.mp4          H.264 clip; the provenance JSON is also in its metadata (tag reelora_provenance)
   <name>.json         provenance: prompt, negative prompt, seed, steps, guidance, size, frames, fps,
@@ -17,8 +22,12 @@ outputs (in --out DIR):
   plain text: one prompt per line (blank lines and lines starting with # are skipped), or
   JSONL: one object per line, e.g.
     {"prompt": "a lighthouse at dusk", "seed": 7, "frames": 33, "size": "480x832", "name": "lighthouse"}
-  keys: prompt (required), negative_prompt, seed, frames (or num_frames), size ("HxW" or [H, W]) or
-  height/width, steps, guidance, fps, name. Unset keys take the command-line values.
+  keys: prompt (required), seed, name, {settings}, frames (for num_frames),
+  size ("HxW" or [H, W], for height/width). Unset keys take the command-line values.
+
+defaults:
+  unset settings take the model family's defaults; a local directory or hub id gets its family's
+  full-size ones, so pass --num-frames/--height/--width/--steps for small models.
 
 adapters:
   only .safetensors files are loaded (pickle checkpoints are refused unopened). Accepted layouts:
@@ -32,13 +41,55 @@ examples:
 """
 
 
+def bounded(name: str, kind: type):
+    """An argparse `type` that parses `kind` and rejects values outside the setting's bounds (naming the flag)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        error = bound_error(name, value)
+        if error:
+            raise argparse.ArgumentTypeError(error)
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def family_defaults(name: str) -> str:
+    """'wan 50, ltx 50; tiny-wan 4, tiny-ltx 4': what each registered family uses when a setting is unset."""
+    from reelora.models.registry import FAMILIES
+
+    real = ", ".join(f"{f} {getattr(s.sample_defaults, name):g}" for f, s in FAMILIES.items())
+    tiny = ", ".join(f"tiny-{f} {getattr(s.tiny_sample_defaults, name):g}" for f, s in FAMILIES.items())
+    return f"{real}; {tiny}"
+
+
+def add_settings(p: argparse.ArgumentParser) -> None:
+    """One flag per SampleSettings field; the help is the field's docstring plus each family's default."""
+    from reelora.train.config import field_docs
+
+    docs = field_docs(SampleSettings)
+    hints = typing.get_type_hints(SampleSettings)
+    for f in fields(SampleSettings):
+        kind = next(t for t in typing.get_args(hints[f.name]) if t is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        if kind is str:
+            p.add_argument(flag, metavar="TEXT", help=docs[f.name])
+        else:
+            p.add_argument(flag, type=bounded(f.name, kind), metavar=f.name.upper(),
+                           help=f"{docs[f.name]} Default: {family_defaults(f.name)}.")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sample", help="sample clips from prompts with LoRA adapters (mp4 + provenance JSON)",
         description="Load a backbone and zero or more LoRA adapters, sample a clip per prompt, and write "
         "each as an mp4 with a provenance sidecar. Same model, adapters, prompt, seed and settings give "
         "identical frames.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_TEMPLATE.replace("{settings}", ", ".join(f.name for f in fields(SampleSettings))),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, metavar="M",
                    help="backbone: tiny-wan, tiny-ltx, a local diffusers directory, or a hub id already in the local cache")
@@ -48,25 +99,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", metavar="TEXT", help="one prompt")
     src.add_argument("--prompts", metavar="FILE", help="prompts file: one per line, or JSONL with per-line overrides (see below)")
-    p.add_argument("--negative-prompt", metavar="TEXT", help="what to steer away from (used when --guidance > 1)")
-    p.add_argument("--seed", type=int, default=0, metavar="N",
-                   help="noise seed for every prompt unless a JSONL line sets its own (default 0)")
-    p.add_argument("--num-frames", type=int, metavar="F",
-                   help="frames per clip; F-1 must be a multiple of the VAE's temporal compression "
-                   "(Wan: 4, LTX: 8, tiny-wan: 2, tiny-ltx: 4). Defaults: Wan 81, LTX 121, tiny-* 9. A local "
-                   "directory gets its family's full-size defaults, so pass --num-frames/--height/--width/--steps "
-                   "for small ones")
-    p.add_argument("--height", type=int, metavar="H", help="frame height in pixels, a multiple of 16 for Wan, 32 for LTX (default Wan 480, LTX 480, tiny-* 32)")
-    p.add_argument("--width", type=int, metavar="W", help="frame width in pixels, same rule as --height (default Wan 832, LTX 704, tiny-* 32)")
-    p.add_argument("--steps", type=int, metavar="S", help="denoising steps (default 50; tiny models 4)")
-    p.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale (default Wan 5.0, LTX 3.0)")
-    p.add_argument("--fps", type=float, metavar="R", help="frame rate of the written mp4 (default Wan 16, LTX 24, tiny 8)")
+    p.add_argument("--seed", type=bounded("seed", int), default=0, metavar="N",
+                   help="noise seed for every prompt unless a JSONL line sets its own (0 to 2**63-1; default 0)")
+    add_settings(p)
     p.add_argument("--fuse", action="store_true",
                    help="merge the adapters into the weights before sampling: faster, same frames within float tolerance")
     p.add_argument("--out", default="samples", metavar="DIR", help="output directory (default: samples)")
     dev = p.add_argument_group("device and memory")
     dev.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    dev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+    dev.add_argument("--dtype", choices=DTYPE_NAMES,
                      help="weights dtype for transformer and text encoder (default: bfloat16 on GPU, float32 on CPU; the Wan VAE stays float32)")
     dev.add_argument("--cpu-offload", action="store_true",
                      help="keep components on the CPU and move each to the GPU only while it runs (diffusers "
@@ -84,11 +125,11 @@ def _run(args: argparse.Namespace) -> int:
     from reelora.models.adapters import AdapterError
     from reelora.models.sample import sample_clips
 
+    settings = SampleSettings(**{f.name: getattr(args, f.name) for f in fields(SampleSettings)})
     try:
         results = sample_clips(
             args.model, prompts=args.prompt, prompts_file=args.prompts, loras=args.lora, out=args.out,
-            negative_prompt=args.negative_prompt, seed=args.seed, num_frames=args.num_frames, height=args.height,
-            width=args.width, steps=args.steps, guidance=args.guidance, fps=args.fps, fuse=args.fuse,
+            seed=args.seed, settings=settings, fuse=args.fuse,
             contact_sheet=not args.no_contact_sheet, device=args.device, dtype=args.dtype,
             cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
             progress=not args.quiet, model_seed=args.model_seed,

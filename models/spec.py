@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import torch
 
+from reelora.models.settings import SampleSettings
+
 
 @dataclass
 class Components:
@@ -48,6 +50,14 @@ class ModelSpec(Protocol):
     """The diffusers pipeline `_class_name` in model_index.json that selects this family."""
     lora_targets: tuple[str, ...]
     """Default peft `target_modules` (module-name suffixes inside the transformer)."""
+    sample_defaults: SampleSettings
+    """Sampling settings the released checkpoints were tuned for (every field set)."""
+    tiny_sample_defaults: SampleSettings
+    """Sampling settings for the built-in `tiny-<family>` backbone (every field set)."""
+    size_multiple: int
+    """Height and width must be multiples of this (the pipeline's check_inputs)."""
+    flow_shift: float
+    """Timestep shift of the family's flow-matching scheduler (and of training sigmas that match it)."""
 
     def load(
         self,
@@ -81,5 +91,12 @@ class ModelSpec(Protocol):
     def decode_latents(self, comps: Components, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> video [B, F, C, H, W] in [-1, 1]."""
 
+    def pipeline_class(self) -> type:
+        """The diffusers pipeline class (its `lora_state_dict` converts foreign LoRA key layouts)."""
+
     def pipeline(self, comps: Components) -> Any:
         """A diffusers pipeline over these components, for sampling."""
+
+    def exports(self, sd: dict[str, torch.Tensor], alpha: float) -> dict[str, tuple[str, dict, str]]:
+        """Adapter files besides the diffusers one (e.g. original-name ComfyUI keys):
+        key -> (file name, tensors, one line for the model card). Empty when there are none."""

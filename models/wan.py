@@ -1,11 +1,14 @@
 """Wan2.1 text-to-video (diffusers format: WanPipeline, WanTransformer3DModel, AutoencoderKLWan, UMT5)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from reelora.models.common import flow_match_noise, load_kwargs, seeded, weights_hash
+from reelora.models.common import TINY_TEXT, build_tiny, flow_match_noise, load_pretrained
+from reelora.models.settings import SampleSettings
 from reelora.models.spec import ALL_COMPONENTS, Components
 
 # Small shapes for `tiny-wan`: the Wan VAE's 3D convs dominate CPU time, so the VAE is 4x spatial /
@@ -19,11 +22,6 @@ TINY_TRANSFORMER = dict(
     text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
     rope_max_seq_len=64,
 )
-TINY_TEXT = dict(
-    vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-    relative_attention_max_distance=32, dropout_rate=0.0, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-    pad_token_id=0, eos_token_id=1,
-)
 TINY_MAX_TEXT_LEN = 64
 
 
@@ -35,47 +33,36 @@ class WanSpec:
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
     max_text_len: int = 512
 
+    # What the released checkpoints were tuned for, and small settings for `tiny-wan` (tests and demos).
+    sample_defaults: ClassVar[SampleSettings] = SampleSettings(num_frames=81, height=480, width=832, steps=50, guidance=5.0, fps=16.0)
+    tiny_sample_defaults: ClassVar[SampleSettings] = SampleSettings(num_frames=9, height=32, width=32, steps=4, guidance=5.0, fps=8.0)
+    size_multiple: ClassVar[int] = 16
+    """Height/width multiple WanPipeline.check_inputs insists on."""
+    flow_shift: ClassVar[float] = 3.0
+    """Timestep shift of Wan's flow-matching scheduler (the 480p checkpoints sample with 3.0)."""
+
     def load(self, source, *, dtype=torch.float32, device="cpu", components=ALL_COMPONENTS, revision=None):
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        c = Components(family=self.family, source=source, revision=revision or weights_hash(source))
-        if "transformer" in components:
-            c.transformer = WanTransformer3DModel.from_pretrained(source, torch_dtype=dtype, **load_kwargs(source, "transformer", revision))
-        if "vae" in components:  # the Wan VAE is numerically fragile in half precision: keep it fp32
-            c.vae = AutoencoderKLWan.from_pretrained(source, torch_dtype=torch.float32, **load_kwargs(source, "vae", revision))
-        if "text_encoder" in components:
-            c.text_encoder = UMT5EncoderModel.from_pretrained(source, torch_dtype=dtype, **load_kwargs(source, "text_encoder", revision))
-        if "tokenizer" in components:
-            c.tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs(source, "tokenizer", revision))
-        if "scheduler" in components:
-            c.scheduler = UniPCMultistepScheduler.from_pretrained(source, **load_kwargs(source, "scheduler", revision))
-        _to(c, device)
-        c.extra["max_text_len"] = min(self.max_text_len, getattr(c.tokenizer, "model_max_length", self.max_text_len) or self.max_text_len)
-        return c
+        classes = dict(transformer=WanTransformer3DModel, vae=AutoencoderKLWan, text_encoder=UMT5EncoderModel,
+                       tokenizer=AutoTokenizer, scheduler=UniPCMultistepScheduler)
+        # The Wan VAE is numerically fragile in half precision: keep it fp32.
+        return load_pretrained(self.family, source, classes, dtype=dtype, device=device, components=components,
+                               revision=revision, max_text_len=self.max_text_len, fp32=("vae",))
 
     def tiny(self, seed: int = 0, components=ALL_COMPONENTS, vae: dict | None = None, transformer: dict | None = None, text: dict | None = None) -> Components:
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-        from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+        from transformers import UMT5Config, UMT5EncoderModel
 
-        c = Components(family=self.family, source="tiny-wan", revision=f"seed{seed}")
-        # Each component gets its own derived seed so asking for a subset builds identical weights.
-        if "transformer" in components:
-            with seeded(seed * 1000 + 1):
-                c.transformer = WanTransformer3DModel(**{**TINY_TRANSFORMER, **(transformer or {})}).eval()
-        if "vae" in components:
-            with seeded(seed * 1000 + 2):
-                c.vae = AutoencoderKLWan(**{**TINY_VAE, **(vae or {})}).eval()
-        if "text_encoder" in components:
-            with seeded(seed * 1000 + 3):
-                c.text_encoder = UMT5EncoderModel(UMT5Config(**{**TINY_TEXT, **(text or {})})).eval()
-        if "tokenizer" in components:
-            # Byte-level tokenizer: needs no vocabulary file, so nothing is fetched from a hub.
-            c.tokenizer = ByT5Tokenizer(model_max_length=TINY_MAX_TEXT_LEN)
-        if "scheduler" in components:
-            c.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000)
-        c.extra["max_text_len"] = TINY_MAX_TEXT_LEN
-        return c
+        builders = dict(
+            transformer=lambda: WanTransformer3DModel(**{**TINY_TRANSFORMER, **(transformer or {})}),
+            vae=lambda: AutoencoderKLWan(**{**TINY_VAE, **(vae or {})}),
+            text_encoder=lambda: UMT5EncoderModel(UMT5Config(**{**TINY_TEXT, **(text or {})})),
+            scheduler=lambda: UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                      flow_shift=self.flow_shift, num_train_timesteps=1000),
+        )
+        return build_tiny(self.family, seed, components, builders, TINY_MAX_TEXT_LEN)
 
     @torch.no_grad()
     def encode_video(self, comps: Components, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -117,11 +104,19 @@ class WanSpec:
         )[0]
         return pred.float(), target.float()
 
-    def pipeline(self, comps: Components):
-        from diffusers import WanPipeline
+    def pipeline_class(self):
+        import diffusers
 
-        return WanPipeline(tokenizer=comps.tokenizer, text_encoder=comps.text_encoder, vae=comps.vae,
-                           scheduler=comps.scheduler, transformer=comps.transformer)
+        return getattr(diffusers, self.pipeline_class_name)
+
+    def pipeline(self, comps: Components):
+        return self.pipeline_class()(tokenizer=comps.tokenizer, text_encoder=comps.text_encoder, vae=comps.vae,
+                                     scheduler=comps.scheduler, transformer=comps.transformer)
+
+    def exports(self, sd: dict[str, torch.Tensor], alpha: float) -> dict[str, tuple[str, dict, str]]:
+        """Adapter files besides the diffusers one: key -> (file name, tensors, what the model card says)."""
+        return {"comfyui": (COMFYUI_FILE, to_comfyui(sd, alpha),
+                            "the same weights under the original Wan module names for ComfyUI")}
 
 
 def _latent_stats(vae, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +126,51 @@ def _latent_stats(vae, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, inv_std
 
 
-def _to(c: Components, device) -> None:
-    for m in c.modules().values():
-        m.to(device)
-        m.eval()
+# ---------------------------------------------------------------------------------------------------------
+# Export under the original Wan2.1 module names (what ComfyUI and the Wan repo load)
+
+COMFYUI_FILE = "comfyui_lora.safetensors"
+# diffusers WanTransformer3DModel module -> original Wan2.1 module (wan/modules/model.py), as in diffusers'
+# scripts/convert_wan_to_diffusers.py, read in reverse.
+_BLOCK_RENAMES = [
+    ("attn1.to_q", "self_attn.q"), ("attn1.to_k", "self_attn.k"), ("attn1.to_v", "self_attn.v"),
+    ("attn1.to_out.0", "self_attn.o"), ("attn2.to_q", "cross_attn.q"), ("attn2.to_k", "cross_attn.k"),
+    ("attn2.to_v", "cross_attn.v"), ("attn2.to_out.0", "cross_attn.o"), ("attn2.add_k_proj", "cross_attn.k_img"),
+    ("attn2.add_v_proj", "cross_attn.v_img"), ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"),
+]
+_TOP_RENAMES = {
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1",
+    "proj_out": "head.head",
+    "patch_embedding": "patch_embedding",
+}
+
+
+def original_name(module: str) -> str:
+    """diffusers Wan module name -> original Wan2.1 name ('blocks.3.attn1.to_q' -> 'blocks.3.self_attn.q').
+
+    Raises:
+        KeyError: a module with no original counterpart (the adapter cannot be written for ComfyUI).
+    """
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+    if m:
+        for ours, theirs in _BLOCK_RENAMES:
+            if m.group(2) == ours:
+                return f"blocks.{m.group(1)}.{theirs}"
+    elif module in _TOP_RENAMES:
+        return _TOP_RENAMES[module]
+    raise KeyError(f"no original Wan name for diffusers module {module!r}")
+
+
+def to_comfyui(sd: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """peft-named Wan LoRA weights -> ComfyUI keys with a per-module `.alpha`."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        module, _, rest = key.partition(".lora_")
+        name = f"diffusion_model.{original_name(module)}"
+        out[f"{name}.lora_{rest}"] = value
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out

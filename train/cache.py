@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from reelora.data.shards import ClipRef, ShardSet, decode_frames
+from reelora.dtypes import canonical_dtype, parse_dtype
+from reelora.files import save_safetensors_atomic, write_text_atomic
 from reelora.train.batches import DataError
 
 FORMAT = "reelora-cache/1"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -116,17 +116,13 @@ class LatentCache:
     def write(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
         """Atomic write: concurrent ranks or an interrupted build never leave a half file at `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        dtype = DTYPES[self.ids.dtype]
-        save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
+        dtype = parse_dtype(self.ids.dtype)
+        save_safetensors_atomic({k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}, path, meta)
 
     def write_manifest(self, model: str) -> None:
         path = self.root / "models" / self.ids.manifest_name()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "model": model, **asdict(self.ids)}, indent=2))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps({"format": FORMAT, "model": model, **asdict(self.ids)}, indent=2))
 
 
 def build_cache(shards: str, model: str, out: str, *, rank: int = 0, world: int = 1, dtype: str = "fp32",
@@ -139,8 +135,7 @@ def build_cache(shards: str, model: str, out: str, *, rank: int = 0, world: int 
 
     from reelora.models.registry import load_model
 
-    if dtype not in DTYPES:
-        raise ValueError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dtype = canonical_dtype(dtype, "cache dtype")  # entries hash the short name: bf16 and bfloat16 share them
     shard_set = ShardSet(shards, what="--shards")
     spec, comps = load_model(model, device=device, components=("vae", "text_encoder", "tokenizer"))
     cache = LatentCache(out, CacheIds.of(comps, dtype))

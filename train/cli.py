@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from reelora.dtypes import NAMES as DTYPE_NAMES
+
 
 def register(sub) -> None:
     p = sub.add_parser("cache", help="encode shards to a reusable latent/text cache",
@@ -16,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--shards", required=True, help="shard directory (with index.json)")
     p.add_argument("--model", required=True, help="backbone: tiny-wan, tiny-ltx, a diffusers directory or a hub id")
     p.add_argument("--out", required=True, help="cache directory (created; existing entries are reused)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="stored tensor dtype")
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES, help="stored tensor dtype")
     p.add_argument("--batch-size", type=int, default=1, help="clips per VAE call")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handler)

@@ -24,6 +24,7 @@ import yaml
 from reelora.safeyaml import YAMLLimitError, load_yaml, read_yaml_file, short_repr
 
 CONFIG_MAX_VALUES = 100_000  # a training config has a few hundred values; more is a mistake or an alias bomb
+from reelora.models.settings import SampleSettings, bound_error
 
 
 class ConfigError(ValueError):
@@ -136,8 +137,9 @@ class TrainConfig:
     """Mean of the normal whose sigmoid gives t (timestep_sampling: logit_normal)."""
     logit_std: float = 1.0
     """Std of the normal whose sigmoid gives t (timestep_sampling: logit_normal)."""
-    flow_shift: float = 1.0
-    """Timestep shift s: t' = s t / (1 + (s - 1) t); > 1 favours noisier times (Wan samples with 3.0-5.0)."""
+    flow_shift: float | None = None
+    """Timestep shift s: t' = s t / (1 + (s - 1) t); > 1 favours noisier times. null takes the model family's
+    `flow_shift`, the shift its sampler runs with."""
     deterministic: bool = False
     """Bitwise-reproducible math: torch deterministic algorithms, no cuDNN autotuning, and oneDNN disabled on
     CPU (its convolutions differ in the last bits between processes). Needed for exact resume; slower."""
@@ -156,7 +158,7 @@ class TrainConfig:
             _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm", f"must be > 0 or null, got {self.max_grad_norm}")
         _check(self.logit_std > 0, "train.logit_std", f"must be > 0, got {self.logit_std}")
-        _check(self.flow_shift > 0, "train.flow_shift", f"must be > 0, got {self.flow_shift}")
+        _check(self.flow_shift is None or self.flow_shift > 0, "train.flow_shift", f"must be > 0, got {self.flow_shift}")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _check(self.keep_last >= 1, "train.keep_last", f"must be >= 1, got {self.keep_last}")
         _check(bool(self.output_dir), "train.output_dir", "must not be empty")
@@ -178,25 +180,15 @@ class ValidationConfig:
     """Prompts sampled at each validation (one clip each, split across processes); empty = no samples."""
     seed: int = 0
     """Sampling seed; prompt i uses seed + i."""
-    num_inference_steps: int = 30
-    """Denoising steps per sample."""
-    guidance_scale: float = 5.0
-    """Classifier-free guidance scale for samples."""
-    num_frames: int = 33
-    """Frames per sample clip."""
-    height: int = 480
-    """Sample height in pixels."""
-    width: int = 832
-    """Sample width in pixels."""
-    fps: int = 16
-    """Frame rate of the written sample mp4s."""
+    sample: SampleSettings = field(default_factory=SampleSettings)
+    """How validation samples are drawn: the same settings as `reelora sample` (models/settings.py), unset
+    ones taking the model family's defaults."""
 
     def __post_init__(self):
         _check(self.every >= 0, "validation.every", f"must be >= 0, got {self.every}")
         _check(self.num_clips >= 1, "validation.num_clips", f"must be >= 1, got {self.num_clips}")
         _check(len(self.quantiles) > 0 and all(0 < q < 1 for q in self.quantiles), "validation.quantiles", f"must be numbers in (0, 1), got {self.quantiles}")
-        for key in ("num_inference_steps", "num_frames", "height", "width", "fps"):
-            _check(getattr(self, key) >= 1, f"validation.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(bound_error("seed", self.seed) is None, "validation.seed", str(bound_error("seed", self.seed)))
 
 
 @dataclass

@@ -52,6 +52,7 @@ def _run(cfg: Config, accelerator) -> int:
     data = open_training_data(cfg)
     val_clips = open_validation_clips(cfg, data)
 
+    cfg = with_family_defaults(cfg)
     spec, comps = load_backbone(cfg, accelerator, cached=data["cache"] is not None)
     model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -192,11 +193,26 @@ def open_validation_clips(cfg: Config, data: dict) -> list:
     return clips[: cfg.validation.num_clips]
 
 
+def with_family_defaults(cfg: Config) -> Config:
+    """Fill the options whose null means "the model family's" (train.flow_shift) from the family spec."""
+    if cfg.train.flow_shift is not None:
+        return cfg
+    import dataclasses
+
+    from reelora.models.registry import resolve
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, flow_shift=resolve(cfg.model).flow_shift))
+
+
 def load_backbone(cfg: Config, accelerator, cached: bool):
     """Load the frozen base on the device; with a cache the VAE and text encoder stay out of GPU memory."""
     from reelora.models.registry import load_model
 
-    weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
+    from reelora.dtypes import parse_dtype
+
+    # accelerate's "no" mixed precision means fp32 weights; bf16/fp16 are dtype names as they stand.
+    mp = cfg.train.mixed_precision
+    weight_dtype = parse_dtype("fp32" if mp == "no" else mp, "train.mixed_precision")
     components = ("transformer", "scheduler") if cached else ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     return load_model(cfg.model, dtype=weight_dtype, device=accelerator.device, components=components)
 

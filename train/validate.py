@@ -68,8 +68,16 @@ class Validator:
         return latents, self.spec.encode_prompt(self.comps, [clip.caption])
 
     def samples(self, model, step: int) -> list[Path]:
-        """Sample this rank's share of the prompts (prompt i on rank i % world); every rank gets all paths."""
+        """Sample this rank's share of the prompts (prompt i on rank i % world); every rank gets all paths.
+
+        Each clip goes through the sampler's own `resolve_request` and `render` (same defaults, checks and
+        noise as `reelora sample`), on a pipeline over the training transformer.
+        """
         from accelerate.utils import gather_object
+
+        from reelora.models import media
+        from reelora.models.registry import sample_defaults
+        from reelora.models.sample import ClipRequest, render, resolve_request
 
         v, acc = self.cfg.validation, self.acc
         folder = self.out / "samples" / f"step-{step:06d}"
@@ -85,17 +93,17 @@ class Validator:
                 aux.vae.to(acc.device), aux.text_encoder.to(acc.device)
             pipe = self.spec.pipeline(comps)
             pipe.set_progress_bar_config(disable=True)
-            with torch.no_grad(), acc.autocast():
-                out = pipe(prompt=v.prompts[i], num_frames=v.num_frames, height=v.height, width=v.width,
-                           num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale,
-                           generator=torch.Generator(device=acc.device).manual_seed(v.seed + i), output_type="np",
-                           max_sequence_length=comps.extra.get("max_text_len", 512))
+            req = resolve_request(ClipRequest(prompt=v.prompts[i], seed=v.seed + i, **vars(v.sample)),
+                                  defaults=sample_defaults(self.cfg.model, self.spec), pipe=pipe,
+                                  size_multiple=self.spec.size_multiple, model=self.cfg.model)
+            with acc.autocast():
+                frames = render(pipe, req, comps.extra.get("max_text_len", 512))
             if offload:
                 aux.vae.to("cpu"), aux.text_encoder.to("cpu")
                 if acc.device.type == "cuda":
                     torch.cuda.empty_cache()
             path = folder / f"prompt-{i:02d}.mp4"
-            write_mp4(out.frames[0], path, v.fps)
+            media.write_mp4(path, frames, req.fps, provenance={"prompt": req.prompt, "seed": req.seed, "step": step})
             mine.append(str(path))
         paths = gather_object(mine) if acc.num_processes > 1 else mine
         return [Path(p) for p in sorted(paths)]
@@ -108,22 +116,3 @@ class Validator:
 
             _, self._aux = load_model(self.cfg.model, device="cpu", components=("vae", "text_encoder", "tokenizer"))
         return self._aux
-
-
-def write_mp4(frames, path: Path, fps: int) -> None:
-    """Frames [F, H, W, 3] float in [0, 1] (or uint8) -> H.264 mp4."""
-    import av
-    import numpy as np
-
-    arr = np.asarray(frames)
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-    h, w = arr.shape[1] - arr.shape[1] % 2, arr.shape[2] - arr.shape[2] % 2
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for frame in arr:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)

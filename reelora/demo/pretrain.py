@@ -68,7 +68,7 @@ class BaseSettings:
     transformer_max_steps: int | None = None
     caption_dropout: float = 0.1
     """Share of empty captions, so classifier-free guidance has an unconditional branch."""
-    flow_shift: float = 3.0
+    flow_shift: float = WanSpec.flow_shift
     """Timestep shift for training sigmas, matching the sampler's flow_shift."""
     transformer: dict = field(default_factory=lambda: dict(num_attention_heads=4, attention_head_dim=16, ffn_dim=128,
                                                            num_layers=2))

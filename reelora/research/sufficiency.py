@@ -370,8 +370,7 @@ def sample_adapter(cfg, adapter_dir: Path, prompts: list[str], out: Path, log=pr
     sampler = Sampler(cfg.model, loras=[(str(adapter_dir), 1.0)], progress=False)
     clips = []
     for i, prompt in enumerate(prompts):
-        clip = sampler.generate(prompt, seed=i, num_frames=v.num_frames, height=v.height, width=v.width,
-                                steps=v.num_inference_steps, guidance=v.guidance_scale, fps=float(v.fps))
+        clip = sampler.generate(prompt, seed=i, **vars(v.sample))
         sampler.save(clip, out, name=f"sample-{i:02d}")
         clips.append(clip.frames)
         log(f"[memorization] sample {i + 1}/{len(prompts)}: {prompt!r}")

@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-ADAPTER_FILE = "adapter/pytorch_lora_weights.safetensors"
+from reelora.models.lora import DIFFUSERS_FILE
+
+ADAPTER_FILE = f"adapter/{DIFFUSERS_FILE}"
 METRICS_FILE = "logs/metrics.jsonl"
 DONE_FILE = "sweep_run.json"  # written after a successful run: its presence means "skip on rerun"
 

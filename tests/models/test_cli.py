@@ -61,3 +61,28 @@ def test_notebook_api_is_reexported():
     assert callable(m.load_model)
     with pytest.raises(AttributeError, match="nope"):
         m.nope
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "1000000000"), ("--seed", "12345678901234567890"),
+                                        ("--num-frames", "0"), ("--height", "100000"), ("--guidance", "nan")])
+def test_sample_cli_rejects_out_of_range_numbers_naming_the_flag(flag, value, capsys):
+    # argparse rejects the value: nothing is loaded (the model name does not even exist).
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--model", "tiny-nope", "--prompt", "x", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and "must be" in err and "Traceback" not in err
+
+
+def test_sample_cli_help_comes_from_the_settings_docstrings(capsys):
+    from dataclasses import fields
+
+    from reelora.models.settings import SampleSettings
+    from reelora.train.config import field_docs
+
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for f in fields(SampleSettings):
+        assert "--" + f.name.replace("_", "-") in out
+        assert field_docs(SampleSettings)[f.name].split("(")[0].strip() in out

@@ -122,3 +122,14 @@ def test_train_py_help_lists_options_with_docstrings():
     for key, _, _, doc in iter_options():
         assert key in r.stdout
     assert "LoRA rank r" in r.stdout and "train.resume" in r.stdout
+
+
+def test_null_flow_shift_takes_the_family_shift():
+    from reelora.models.registry import resolve
+    from reelora.train.loop import with_family_defaults
+
+    cfg = load_config(ROOT / "configs" / "tiny-wan.yaml")
+    assert cfg.train.flow_shift is None
+    assert with_family_defaults(cfg).train.flow_shift == resolve("tiny-wan").flow_shift == 3.0
+    pinned = load_config(ROOT / "configs" / "tiny-wan.yaml", ["train.flow_shift=2.0"])
+    assert with_family_defaults(pinned).train.flow_shift == 2.0

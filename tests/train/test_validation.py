@@ -10,7 +10,7 @@ from tests.train.conftest import tiny_cfg
 def test_validation_loss_and_samples(tmp_path, shards, cache):
     out = tmp_path / "run"
     cfg = tiny_cfg(out, shards, cache, "train.max_steps=2", "validation.every=1", "validation.num_clips=2",
-                   "validation.quantiles=[0.1, 0.5, 0.9]", "validation.num_inference_steps=2",
+                   "validation.quantiles=[0.1, 0.5, 0.9]", "validation.sample.steps=2",
                    "validation.prompts=[exp style a red room, exp style a blue room]")
     assert run(cfg) == 0
     recs = [json.loads(l) for l in (out / "logs/metrics.jsonl").read_text().splitlines()]

@@ -7,8 +7,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from reelora.models.lora import (COMFYUI_FILE, DIFFUSERS_FILE, attach_lora, lora_state_dict, read_lineage,
-                                 save_adapter, wan_original_name)
+from reelora.models.lora import DIFFUSERS_FILE, attach_lora, lora_state_dict, read_lineage, save_adapter
+from reelora.models.wan import COMFYUI_FILE
+from reelora.models.wan import original_name as wan_original_name
 from reelora.models.registry import load_model
 
 
