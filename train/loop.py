@@ -46,13 +46,13 @@ def run(cfg: Config) -> int:
 
 def _run(cfg: Config, accelerator) -> int:
     out = Path(cfg.train.output_dir)
+    cfg = with_family_defaults(cfg)
     resume_from = resolve_resume(cfg)  # config/data problems surface before any model loads
     if accelerator.is_main_process:  # a save cut short (crash, full disk) left a temporary folder behind
         checkpoint.remove_partial(out)
     data = open_training_data(cfg)
     val_clips = open_validation_clips(cfg, data)
 
-    cfg = with_family_defaults(cfg)
     spec, comps = load_backbone(cfg, accelerator, cached=data["cache"] is not None)
     model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps)
     model, optimizer = accelerator.prepare(model, optimizer)

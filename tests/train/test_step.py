@@ -82,7 +82,7 @@ def test_sampling_is_deterministic_per_generator_and_inside_zero_one(sampling):
 
 
 def test_logit_normal_defaults_centre_on_one_half():
-    s = sample_sigmas(100_000, gen(3), TrainConfig())  # logit_normal(0, 1), no shift: symmetric about 0.5
+    s = sample_sigmas(100_000, gen(3), TrainConfig(flow_shift=1.0))  # logit_normal(0, 1), no shift: symmetric about 0.5
     assert s.median().item() == pytest.approx(0.5, abs=0.01)
     assert (s < 0.5).float().mean().item() == pytest.approx(0.5, abs=0.01)
 
@@ -92,17 +92,17 @@ def test_logit_normal_defaults_centre_on_one_half():
 
 def test_quantile_hand_values():
     # Uniform, no shift: the q-quantile is q (computed in float32).
-    uniform = TrainConfig(timestep_sampling="uniform")
+    uniform = TrainConfig(timestep_sampling="uniform", flow_shift=1.0)
     for q in (0.1, 0.25, 0.5, 0.9):
         assert sigma_quantile(q, uniform) == pytest.approx(q, abs=1e-7)
     # Uniform 0.25 shifted by 3: 0.75 / 1.5 = 0.5, exactly.
     assert sigma_quantile(0.25, TrainConfig(timestep_sampling="uniform", flow_shift=3.0)) == 0.5
     # Logit-normal median: sigmoid(mean); with mean 0 that is 0.5, shifted by 3 -> 1.5 / 2 = 0.75, exactly.
     assert sigma_quantile(0.5, TrainConfig(flow_shift=3.0)) == 0.75
-    assert sigma_quantile(0.5, TrainConfig(logit_mean=1.0, logit_std=2.0)) == pytest.approx(1 / (1 + math.exp(-1)), abs=1e-7)
+    assert sigma_quantile(0.5, TrainConfig(logit_mean=1.0, logit_std=2.0, flow_shift=1.0)) == pytest.approx(1 / (1 + math.exp(-1)), abs=1e-7)
     # The 0.8413 quantile of N(0, 1) is z = 1 (Phi(1) = 0.841345): sigmoid(mean + std).
     q = 0.5 * (1 + math.erf(1 / math.sqrt(2)))
-    assert sigma_quantile(q, TrainConfig(logit_mean=-0.5, logit_std=2.0)) == pytest.approx(1 / (1 + math.exp(-1.5)), abs=1e-6)
+    assert sigma_quantile(q, TrainConfig(logit_mean=-0.5, logit_std=2.0, flow_shift=1.0)) == pytest.approx(1 / (1 + math.exp(-1.5)), abs=1e-6)
 
 
 @pytest.mark.parametrize("settings", [
