@@ -53,8 +53,6 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
 
 
-LORA_INITS = ("default", "gaussian", "orthogonal")
-
 
 @dataclass
 class LoraConfig:

@@ -138,3 +138,12 @@ def test_comfyui_names_are_original_wan_names(wan, tmp_path):
     torch.testing.assert_close(loaded, expected, rtol=1e-4, atol=1e-5)
     with safe_open(str(tmp_path / COMFYUI_FILE), "pt") as f:
         assert f.metadata()["reelora.base_model"] == '"tiny-wan"'
+
+
+def test_config_offers_exactly_the_inits_lora_supports():
+    import typing
+
+    from reelora.models.lora import INITS
+    from reelora.train.config import LoraConfig
+
+    assert set(typing.get_args(typing.get_type_hints(LoraConfig)["init"])) == set(INITS)
