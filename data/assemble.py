@@ -87,7 +87,12 @@ def assemble(out: Path, library: Library, cfg: BuildConfig, staged: dict[str, St
         audit_titles[title.id] = entry
     audit_titles = {t.id: audit_titles[t.id] for t in library.titles if t.id in audit_titles}
 
-    incoming = begin_incoming(out)
+    with begin_incoming(out) as incoming:
+        return _write_set(out, incoming, library, cfg, chosen, audit_titles, quarantine, previous)
+
+
+def _write_set(out: Path, incoming: Path, library: Library, cfg: BuildConfig, chosen: list[tuple[dict, Path]],
+               audit_titles: dict, quarantine: list[dict], previous: dict) -> Assembled:
     shard_entries = _write_all_shards(incoming, chosen, cfg)
     fields = {
         "settings": cfg.output_settings(),

@@ -142,10 +142,11 @@ def _child_main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     if "parent" in job:
         _die_with_parent(int(job["parent"]))
-    os.environ["REELORA_DECODE_THREADS"] = str(job["threads"])
     import cv2
 
-    cv2.setNumThreads(job["threads"])  # parallel titles already use the cores
+    # parallel titles already use the cores (decoding is single-threaded: see video._DECODE_THREADS;
+    # OpenCV's resizes give the same pixels whatever its thread count)
+    cv2.setNumThreads(job["threads"])
     library = mf.load_library(job["library"])
     title, cfg, work = library.title(job["title_id"]), BuildConfig(**job["cfg"]), Path(job["work"])
     try:

@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import tarfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -106,12 +107,13 @@ def check_shard_name(name: str, what: str) -> str:
     return name
 
 
-def read_json_bounded(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES):
-    """Parse a JSON file no bigger than `max_bytes` (checked before reading).
+def read_json_bounded(path: Path, what: str, max_bytes: int | None = None):
+    """Parse a JSON file no bigger than `max_bytes` (default MAX_JSON_BYTES; checked before reading).
 
     Raises:
         OSError (unreadable), ValueError (too big, not JSON): the caller adds its context.
     """
+    max_bytes = max_bytes or MAX_JSON_BYTES
     size = path.stat().st_size
     if size > max_bytes:
         raise ValueError(f"{size} bytes, more than the {max_bytes} a {what} may have")
@@ -168,12 +170,17 @@ def write_index(directory: str | Path, entries: list[dict], fields: dict | None 
     return index
 
 
-def begin_incoming(directory: Path) -> Path:
-    """An empty `DIRECTORY/.incoming/` for a writer's new files (what an earlier failed run left is dropped)."""
+@contextmanager
+def begin_incoming(directory: Path) -> Iterator[Path]:
+    """An empty `DIRECTORY/.incoming/` for a writer's new files; removed again if the writer fails."""
     incoming = directory / INCOMING
     shutil.rmtree(incoming, ignore_errors=True)
     incoming.mkdir(parents=True)
-    return incoming
+    try:
+        yield incoming
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
 
 
 def commit_incoming(directory: Path, incoming: Path, old_names: set[str] = frozenset()) -> None:

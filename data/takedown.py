@@ -44,7 +44,14 @@ def _takedown(directory: Path, title_id: str, reason: str) -> dict:
         path = inside(directory, s["name"], where)
         if not path.is_file() or sha256_file(path) != s["sha256"]:
             raise ShardError(f"{path}: missing or its sha256 differs from {INDEX}; refusing to rewrite it")
-    incoming = begin_incoming(directory)
+    with begin_incoming(directory) as incoming:
+        record = _rewrite(directory, incoming, index, affected, title_id, reason)
+    shutil.rmtree(title_dir(directory / WORK, title_id), ignore_errors=True)
+    return record
+
+
+def _rewrite(directory: Path, incoming: Path, index: dict, affected: list[dict], title_id: str, reason: str) -> dict:
+    where = f"{directory / INDEX}"
     removed = 0
     new_entries = []
     rewritten = []
@@ -78,7 +85,6 @@ def _takedown(directory: Path, title_id: str, reason: str) -> dict:
         index["audit_sha256"] = write_audit(incoming, audit, new_entries, (incoming, directory))
     write_index(incoming, new_entries, index)
     commit_incoming(directory, incoming, {s["name"] for s in affected})
-    shutil.rmtree(title_dir(directory / WORK, title_id), ignore_errors=True)
     return record
 
 
