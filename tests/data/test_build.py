@@ -37,3 +37,47 @@ def test_strict_fails_but_still_writes(tmp_path):
     assert reelora_main([*args, "--strict"]) == 1
     assert read_index(out)["num_samples"] == 2  # the good clips are written all the same
     assert reelora_main(args) == 0
+
+
+def test_rebuild_out_of_space_leaves_the_old_set(built, library, tmp_path, monkeypatch, capsys):
+    import errno
+    import shutil
+
+    import reelora.data.audit as audit_mod
+
+    out = tmp_path / "out"
+    shutil.copytree(built, out)  # with work/: the rebuild below only re-assembles
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    real = audit_mod.write_text_atomic
+
+    def full(path, text):
+        if path.name == "audit.html":
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {path}")
+        return real(path, text)
+
+    monkeypatch.setattr(audit_mod, "write_text_atomic", full)
+    args = ["shards", "build", str(library), "--out", str(out), "--num-frames", "8", "--fps", "8", "--height", "32",
+            "--width", "48", "--workers", "2", "--preset", "ultrafast", "--as-of", "2026-01-01"]
+    assert reelora_main([*args, "--shard-max-clips", "4"]) == 2  # a new layout: 4 shards instead of 3
+    assert "no space left on device while writing" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (out / ".incoming").exists()
+    assert reelora_main(["shards", "verify", str(out)]) == 0
+    monkeypatch.setattr(audit_mod, "write_text_atomic", real)
+    assert reelora_main([*args, "--shard-max-clips", "4"]) == 0  # with space again: the new set, consistent
+    assert [s["num_samples"] for s in read_index(out)["shards"]] == [4, 4, 4, 3]
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == [f"shard-00000{i}.tar" for i in range(4)]
+    assert reelora_main(["shards", "verify", str(out)]) == 0
+
+
+def test_one_build_per_folder(library, tmp_path, capsys):
+    import os
+
+    from reelora.lock import RunLock
+
+    out = tmp_path / "out"
+    with RunLock(out, "shard build"):  # another build is running into `out`
+        assert reelora_main(["shards", "build", str(library), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"is in use: shard build by pid {os.getpid()} on host" in err
+    assert not (out / "work").exists() and not (out / "index.json").exists()
