@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reelora.data.shards import ShardError, read_json_bounded, read_shard_samples
+from reelora.data.shards import ShardError, inside, read_json_bounded, read_shard_samples
 from reelora.files import sha256_file, write_json_atomic, write_text_atomic
 
 AUDIT = "audit.json"
@@ -112,7 +112,8 @@ def collect_thumbnails(shard_dirs: tuple[Path, ...], shard_entries: list[dict], 
     for s in shard_entries:
         if not wanted.intersection(s.get("keys", [])):
             continue
-        path = next((d / s["name"] for d in shard_dirs if (d / s["name"]).is_file()), shard_dirs[-1] / s["name"])
+        paths = [inside(d, s["name"], f"shard for the audit in {d}") for d in shard_dirs]
+        path = next((p for p in paths if p.is_file()), paths[-1])
         for x in read_shard_samples(path):
             if x["__key__"] in wanted and "jpg" in x:
                 meta = json.loads(x["json"])

@@ -73,11 +73,13 @@ class ShardError(RuntimeError):
 # --------------------------------------------------------------------------- names from data -> paths
 
 
-def inside(folder: str | Path, name: str, what: str) -> Path:
+def inside(folder: str | Path, name: str, what: str, follow_links: bool = True) -> Path:
     """`folder / name`, checked: `name` is one plain file name, and the path (symlinks resolved) stays in `folder`.
 
     Every path built from a name read from data (index, audit, work files, command line) goes through here.
 
+    Args:
+        follow_links: False for a path only renamed over or unlinked (that acts on a link, not its target).
     Raises:
         ShardError: `what` and the offending name.
     """
@@ -85,6 +87,8 @@ def inside(folder: str | Path, name: str, what: str) -> Path:
             or (os.altsep and os.altsep in name)):
         raise ShardError(f"{what}: {short_repr(name)} is not a plain file name (no separators, not '..')")
     path = Path(folder) / name
+    if not follow_links:
+        return path
     base = os.path.realpath(folder)
     real = os.path.realpath(path)
     if os.path.commonpath([base, real]) != base or real == base:
@@ -191,13 +195,16 @@ def commit_incoming(directory: Path, incoming: Path, old_names: set[str] = froze
     """
     new_index = read_index(incoming)
     listed = {s["name"] for s in new_index["shards"]}
-    names = sorted(p.name for p in incoming.iterdir() if p.name != INDEX)
-    for name in names:
-        os.replace(incoming / name, inside(directory, name, "commit"))
-    os.replace(incoming / INDEX, directory / INDEX)
+    moves = [(incoming / p.name, inside(directory, p.name, "commit", follow_links=False))
+             for p in sorted(incoming.iterdir()) if p.name != INDEX]  # every name checked before the first move
     stale = set(old_names) | {p.name for p in directory.glob("shard-*.tar") if re.fullmatch(r"shard-\d{6}\.tar", p.name)}
-    for name in sorted(stale - listed):
-        inside(directory, check_shard_name(name, "stale shard"), "stale shard").unlink(missing_ok=True)
+    stale_paths = [inside(directory, check_shard_name(n, "stale shard"), "stale shard", follow_links=False)
+                   for n in sorted(stale - listed)]
+    for src, dst in moves:
+        os.replace(src, dst)
+    os.replace(incoming / INDEX, directory / INDEX)
+    for path in stale_paths:
+        path.unlink(missing_ok=True)
     shutil.rmtree(incoming, ignore_errors=True)
 
 
