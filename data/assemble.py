@@ -15,8 +15,8 @@ from reelora.data.audit import totals, write_audit
 from reelora.data.clips import DuplicateIndex
 from reelora.data.config import BuildConfig
 from reelora.data.manifest import Library, describe, rights_record
-from reelora.data.shards import FORMAT, write_index, write_shard
-from reelora.data.stage import WORK, StagedTitle
+from reelora.data.shards import FORMAT, KEY, ShardError, begin_incoming, commit_incoming, write_index, write_shard
+from reelora.data.stage import WORK, StagedTitle, title_dir
 from reelora.files import json_bytes
 
 __all__ = ["Assembled", "assemble"]
@@ -35,6 +35,9 @@ class Assembled:
 def assemble(out: Path, library: Library, cfg: BuildConfig, staged: dict[str, StagedTitle],
              excluded: list[dict], previous: dict) -> Assembled:
     """Dedup staged clips across titles (manifest order), write shards, audit and (last) index.json.
+
+    All of them go to OUT/.incoming/ first and are moved into place together (`commit_incoming`), so a
+    failure while writing (disk full) leaves the previous set as it was.
 
     Args:
         staged: title id -> its staged result, for every title not excluded.
@@ -73,7 +76,9 @@ def assemble(out: Path, library: Library, cfg: BuildConfig, staged: dict[str, St
                 entry["excluded"].append({"start_s": meta["start_s"], "end_s": meta["end_s"],
                                           "reason": f"near-duplicate of {dup_of}", "key": meta["key"]})
                 continue
-            chosen.append((meta, out / WORK / title.id / "clips"))
+            if not (isinstance(meta.get("key"), str) and KEY.match(meta["key"])):
+                raise ShardError(f"{out / WORK / title.id}: staged clip key {meta.get('key')!r} is not a sample key")
+            chosen.append((meta, title_dir(out / WORK, title.id) / "clips"))
             entry["clips"] += 1
             entry["seconds_used"] = round(entry["seconds_used"] + meta["end_s"] - meta["start_s"], 6)
         entry["excluded"].sort(key=lambda r: (r["start_s"], r["end_s"], r["reason"]))
@@ -82,7 +87,13 @@ def assemble(out: Path, library: Library, cfg: BuildConfig, staged: dict[str, St
         audit_titles[title.id] = entry
     audit_titles = {t.id: audit_titles[t.id] for t in library.titles if t.id in audit_titles}
 
-    shard_entries = _write_all_shards(out, chosen, cfg)
+    with begin_incoming(out) as incoming:
+        return _write_set(out, incoming, library, cfg, chosen, audit_titles, quarantine, previous)
+
+
+def _write_set(out: Path, incoming: Path, library: Library, cfg: BuildConfig, chosen: list[tuple[dict, Path]],
+               audit_titles: dict, quarantine: list[dict], previous: dict) -> Assembled:
+    shard_entries = _write_all_shards(incoming, chosen, cfg)
     fields = {
         "settings": cfg.output_settings(),
         "library": {"path": str(library.path), "sha256": library.sha256, "studio": library.studio,
@@ -99,8 +110,9 @@ def assemble(out: Path, library: Library, cfg: BuildConfig, staged: dict[str, St
         "takedowns": fields["takedowns"],
         "titles_detail": {t.id: describe(t) for t in library.titles},
     }
-    write_audit(out, audit, shard_entries)
-    index = write_index(out, shard_entries, fields)  # last: its presence means the set is complete
+    fields["audit_sha256"] = write_audit(incoming, audit, shard_entries)
+    index = write_index(incoming, shard_entries, fields)
+    commit_incoming(out, incoming, {s["name"] for s in previous.get("shards", [])})  # index.json last
     return Assembled(clips=index["num_samples"], shards=len(shard_entries),
                      titles_used=sum(1 for t in audit_titles.values() if t["status"] == "used"),
                      quarantined=quarantine)
@@ -120,8 +132,6 @@ def _write_all_shards(out: Path, chosen: list[tuple[dict, Path]], cfg: BuildConf
         size += clip_bytes
     if not groups[-1]:
         groups.pop()
-    for stale in out.glob("shard-*.tar"):
-        stale.unlink()
     entries = []
     for i, group in enumerate(groups):
         samples = []

@@ -4,38 +4,52 @@ Written next to the shards by `assemble` and rewritten by `takedown`::
 
     OUT/audit.json, audit.md   # per title: clips and seconds used, every exclusion and quarantine
     OUT/audit.html             # the same, self-contained, with clip thumbnails per title
+
+index.json records the sha256 of each (`audit_sha256`), so `reelora shards verify` can tell an audit that
+belongs to the shards from one a failed write left behind.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from reelora.data.shards import ShardError, read_shard_samples
-from reelora.files import write_json_atomic, write_text_atomic
+from reelora.data.shards import ShardError, inside, read_json_bounded, read_shard_samples
+from reelora.files import sha256_file, write_json_atomic, write_text_atomic
 
 AUDIT = "audit.json"
 AUDIT_MD = "audit.md"
 AUDIT_HTML = "audit.html"
+AUDIT_FILES = (AUDIT, AUDIT_MD, AUDIT_HTML)
 THUMBS_PER_TITLE = 8
 
-__all__ = ["AUDIT", "read_audit", "write_audit", "totals", "render_audit_md", "render_audit_html"]
+__all__ = ["AUDIT", "AUDIT_FILES", "read_audit", "write_audit", "totals", "render_audit_md", "render_audit_html"]
 
 
 def read_audit(directory: str | Path) -> dict:
-    """Parse DIRECTORY/audit.json (raises ShardError naming the file)."""
+    """Parse DIRECTORY/audit.json (raises ShardError naming the file; refused unread over MAX_JSON_BYTES)."""
     path = Path(directory) / AUDIT
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        audit = read_json_bounded(path, "audit")
     except (OSError, ValueError) as exc:
         raise ShardError(f"{path}: unreadable audit: {exc}") from exc
+    if not isinstance(audit, dict) or not isinstance(audit.get("titles"), dict):
+        raise ShardError(f"{path}: not an audit (no 'titles' mapping)")
+    return audit
 
 
-def write_audit(directory: Path, audit: dict, shard_entries: list[dict]) -> None:
-    """audit.json, audit.md and audit.html (thumbnails read from the shards) into `directory`."""
+def write_audit(directory: Path, audit: dict, shard_entries: list[dict], shard_dirs: tuple[Path, ...] = ()) -> dict:
+    """audit.json, audit.md and audit.html (thumbnails read from the shards) into `directory`.
+
+    Args:
+        shard_dirs: folders to look for the shards in, in order (default: `directory`).
+    Returns:
+        {file name: sha256} of the three files, for index.json's `audit_sha256`.
+    """
     write_json_atomic(directory / AUDIT, audit)
     write_text_atomic(directory / AUDIT_MD, render_audit_md(audit))
-    thumbs = collect_thumbnails(directory, shard_entries)
+    thumbs = collect_thumbnails(shard_dirs or (directory,), shard_entries)
     write_text_atomic(directory / AUDIT_HTML, render_audit_html(audit, thumbs))
+    return {name: sha256_file(directory / name) for name in AUDIT_FILES}
 
 
 def totals(titles: dict[str, dict]) -> dict:
@@ -83,8 +97,9 @@ def render_audit_md(audit: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collect_thumbnails(directory: Path, shard_entries: list[dict], per_title: int = THUMBS_PER_TITLE) -> dict:
-    """Up to `per_title` evenly spread (key, jpg bytes, meta) per title, read from the shards."""
+def collect_thumbnails(shard_dirs: tuple[Path, ...], shard_entries: list[dict], per_title: int = THUMBS_PER_TITLE) -> dict:
+    """Up to `per_title` evenly spread (key, jpg bytes, meta) per title, read from the shards (the first
+    of `shard_dirs` that holds each)."""
     keys_by_title: dict[str, list[str]] = {}
     for s in shard_entries:
         for key in s.get("keys", []):
@@ -97,7 +112,9 @@ def collect_thumbnails(directory: Path, shard_entries: list[dict], per_title: in
     for s in shard_entries:
         if not wanted.intersection(s.get("keys", [])):
             continue
-        for x in read_shard_samples(directory / s["name"]):
+        paths = [inside(d, s["name"], f"shard for the audit in {d}") for d in shard_dirs]
+        path = next((p for p in paths if p.is_file()), paths[-1])
+        for x in read_shard_samples(path):
             if x["__key__"] in wanted and "jpg" in x:
                 meta = json.loads(x["json"])
                 found.setdefault(meta["title_id"], []).append((x["__key__"], x["jpg"], meta))

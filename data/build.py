@@ -12,9 +12,16 @@ schedule.py, assemble.py; the settings are config.py's BuildConfig):
    shards, `index.json` and the audit. The order never depends on which worker finished first,
    so `--workers 1` and `--workers 8` give bit-identical shards.
 
+One writer: a build holds OUT's lock (`reelora.lock.RunLock`, released by the kernel if the build
+dies), so a second build or a takedown into the same OUT is refused with the holder's pid and host.
+Title workers die with the build (PR_SET_PDEATHSIG): killing the build leaves none running.
+A worker that cannot write its own output (disk full) fails the build; it never quarantines the title.
+
 Many machines: run the build with `--node-rank R --num-nodes N` on each machine against the same
 OUT directory on shared storage; each stages titles i with i % N == R and stops. Then run the same
 command once without `--node-rank/--num-nodes`: every title is already staged, so it only assembles.
+A staging node locks only OUT/work/.node-R (one process per rank); run the final assemble after the
+nodes have finished.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from reelora.data.config import BuildConfig
 from reelora.data.schedule import run_stage_jobs
 from reelora.data.shards import INDEX, read_index
 from reelora.data.stage import WORK, StagedTitle, load_staged
+from reelora.lock import RunLock
 
 __all__ = ["BuildConfig", "BuildSummary", "build"]
 
@@ -56,11 +64,22 @@ def build(library_path: str | Path, out: str | Path, cfg: BuildConfig) -> BuildS
     Raises:
         ManifestError: the library manifest is invalid (nothing is written then).
         ValueError: the captioner model can't be loaded (nothing is written then).
+        LockError: another build or takedown is writing `out` (nothing is written then).
+        OSError: writing the output failed, e.g. the disk is full (the previous shard set is left as it was).
     """
     library = mf.load_library(library_path)
     if cfg.captioner:
         cap.check_captioner(cfg.captioner)
     out = Path(out)
+    if cfg.num_nodes > 1:
+        lock = RunLock(out / WORK / f".node-{cfg.node_rank}", f"shard staging (node {cfg.node_rank} of {cfg.num_nodes})")
+    else:
+        lock = RunLock(out, "shard build")
+    with lock:
+        return _build(library, out, cfg)
+
+
+def _build(library: mf.Library, out: Path, cfg: BuildConfig) -> BuildSummary:
     work = out / WORK
     work.mkdir(parents=True, exist_ok=True)
     as_of = cfg.as_of_date()

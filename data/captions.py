@@ -32,6 +32,17 @@ def clean_caption(text: str, max_chars: int = 300) -> str:
     return text
 
 
+MAX_SIDECAR_BYTES = 16 * 2**20
+"""Largest caption sidecar read (a feature film captioned every 2 s takes about 1 MB)."""
+MAX_SIDECAR_LINES = 200_000
+MAX_LINE_CHARS = 64 * 1024
+"""Longer sidecar lines are skipped with a warning (captions are cut to --caption-max-chars anyway)."""
+
+
+class SidecarError(ValueError):
+    """A caption sidecar over a bound or not a regular file: the title is quarantined with this reason."""
+
+
 @dataclass(frozen=True)
 class SidecarEntry:
     start: float
@@ -40,18 +51,36 @@ class SidecarEntry:
 
 
 def load_sidecar(path: Path) -> tuple[list[SidecarEntry], list[str]]:
-    """Read a JSONL caption sidecar; bad lines are skipped and reported, never fatal.
+    """Read a JSONL caption sidecar; bad lines (and lines over MAX_LINE_CHARS) are skipped and reported.
 
     Returns:
         (entries sorted by start, problems as "FILE:LINE: reason" strings)
+    Raises:
+        SidecarError: not a regular file, over MAX_SIDECAR_BYTES, or over MAX_SIDECAR_LINES lines
+            (checked before parsing).
     """
+    import stat
+
     entries, problems = [], []
     try:
-        raw = path.read_bytes()
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise SidecarError(f"caption sidecar {path}: not a regular file")
+        if st.st_size > MAX_SIDECAR_BYTES:
+            raise SidecarError(f"caption sidecar {path}: {st.st_size} bytes, more than the {MAX_SIDECAR_BYTES} "
+                               "a sidecar may have")
+        raw = path.read_bytes()[:MAX_SIDECAR_BYTES + 1]
     except OSError as exc:
         return [], [f"{path}: cannot read caption sidecar: {exc.strerror or exc}"]
-    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    if len(lines) > MAX_SIDECAR_LINES:
+        raise SidecarError(f"caption sidecar {path}: {len(lines)} lines, more than the {MAX_SIDECAR_LINES} "
+                           "a sidecar may have")
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            problems.append(f"{path}:{n}: skipped caption line ({len(line)} characters, more than {MAX_LINE_CHARS})")
             continue
         try:
             obj = json.loads(line)

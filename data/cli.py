@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     takedown.set_defaults(func=_takedown)
 
     verify = cmds.add_parser("verify", help="check shards against the sha256 sums in index.json",
-                             description="Exit 1 if any shard listed in index.json is missing or changed.")
+                             description="Exit 1 if any shard listed in index.json, or an audit file it records, "
+                             "is missing or changed (reads every byte).")
     verify.add_argument("dir", type=Path, help="shard directory")
     verify.set_defaults(func=_verify)
 
@@ -79,13 +80,18 @@ def _build(args: argparse.Namespace) -> int:
     from reelora.data.build import build
     from reelora.data.config import BuildConfig
     from reelora.data.manifest import ManifestError
+    from reelora.data.shards import ShardError
+    from reelora.lock import LockError
 
     values = {f.name: getattr(args, f.name) for f in fields(BuildConfig)}
     try:
         cfg = BuildConfig(**values)
         summary = build(args.library, args.out, cfg)
-    except (ManifestError, ValueError) as exc:
+    except (ManifestError, ValueError, LockError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, unwritable --out: the message names the file
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
         return 2
     if not summary.assembled:
         print(f"staged {summary.titles_staged} titles (node {cfg.node_rank} of {cfg.num_nodes}); "
@@ -116,11 +122,15 @@ def _audit(args: argparse.Namespace) -> int:
 def _takedown(args: argparse.Namespace) -> int:
     from reelora.data.shards import ShardError
     from reelora.data.takedown import takedown
+    from reelora.lock import LockError
 
     try:
         record = takedown(args.dir, args.title, args.reason)
-    except ShardError as exc:
+    except (ShardError, LockError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
         return 2
     if not record["clips_removed"]:
         print(f"title {args.title!r} had no clips in {args.dir}; takedown recorded so builds skip it")
@@ -143,6 +153,10 @@ def _verify(args: argparse.Namespace) -> int:
     if not problems:
         print(f"all shards in {args.dir} match index.json")
     return 1 if problems else 0
+
+
+def _os_error(exc: OSError) -> str:
+    return f"{exc.strerror}: {exc.filename}" if exc.filename else (exc.strerror or str(exc))
 
 
 def _sample_library(args: argparse.Namespace) -> int:

@@ -4,6 +4,11 @@ A studio library is licensed material with conditions attached. This module is t
 decides what may be used: a title needs rights that allow training and have not expired, and any
 range that is excluded or shows a performer without likeness consent never becomes a clip.
 
+Paths: `path` and `captions` are read wherever the manifest's author put them (relative to the
+manifest, absolute, or through `..`: libraries often live on another volume); they are only ever
+read, never written or deleted. Title ids become folder names (OUT/work/ID), so they are 1-64
+letters, digits, '_' or '-' (TITLE_ID), and every id read back from a file is checked again.
+
 Example::
 
     studio: "Example Pictures"

@@ -24,13 +24,34 @@ from reelora.data import clips as clipmod
 from reelora.data import manifest as mf
 from reelora.data import video
 from reelora.data.config import BuildConfig
-from reelora.files import sha256_bytes, sha256_file, write_json_atomic
+from reelora.data.shards import KEY, check_title_id, inside, read_json_bounded
+from reelora.files import sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 
 WORK = "work"  # OUT/work/TITLE_ID/: staged clips, the resume cache of `shards build`
 RESULT = "result.json"
 HEARTBEAT = "heartbeat"
 
-__all__ = ["WORK", "StagedClip", "StagedTitle", "stage_title", "load_staged", "quarantine", "title_stage_key"]
+__all__ = ["WORK", "OutputError", "StagedClip", "StagedTitle", "title_dir", "stage_title", "load_staged",
+           "quarantine", "title_stage_key"]
+
+
+class OutputError(OSError):
+    """Writing our own output failed (disk full, quota, read-only): the build stops, the title is not blamed."""
+
+    def __init__(self, path: Path, exc: OSError):
+        super().__init__(exc.errno, f"cannot write ({exc.strerror or exc})", str(path))
+
+
+def title_dir(work: Path, title_id: str) -> Path:
+    """`work/TITLE_ID`, for a checked title id only (ids come from manifests, the command line and files)."""
+    return inside(work, check_title_id(title_id), f"{work}: title folder")
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as exc:
+        raise OutputError(path, exc) from exc
 
 
 @dataclass
@@ -60,15 +81,25 @@ class StagedTitle:
     seconds_used: float | None = None
 
     def write(self, work: Path) -> None:
-        write_json_atomic(work / self.title_id / RESULT, asdict(self))
+        path = title_dir(work, self.title_id) / RESULT
+        try:
+            write_json_atomic(path, asdict(self))
+        except OSError as exc:
+            raise OutputError(path, exc) from exc
 
     @classmethod
     def read(cls, work: Path, title_id: str) -> "StagedTitle | None":
-        """The staged result of `title_id`, or None if there is none (or it is unreadable/outdated)."""
+        """The staged result of `title_id`, or None if there is none (or it is unreadable/outdated).
+
+        A result whose title id or clip keys are not what staging writes counts as unreadable.
+        """
         try:
-            d = json.loads((work / title_id / RESULT).read_text(encoding="utf-8"))
-            return cls(**{**d, "clips": [StagedClip(**c) for c in d["clips"]]})
-        except (OSError, ValueError, TypeError, KeyError):
+            d = read_json_bounded(title_dir(work, title_id) / RESULT, "staged result")
+            staged = cls(**{**d, "clips": [StagedClip(**c) for c in d["clips"]]})
+            keys_ok = all(isinstance(c.meta.get("key"), str) and KEY.match(c.meta["key"])
+                          and c.meta["key"].startswith(f"{title_id}_") for c in staged.clips)
+            return staged if staged.title_id == title_id and keys_ok else None
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
 
 
@@ -100,23 +131,30 @@ def load_staged(work: Path, title: mf.Title, cfg: BuildConfig) -> StagedTitle | 
 
 def quarantine(work: Path, title: mf.Title, cfg: BuildConfig, reason: str) -> None:
     """Record that `title` could not be staged (its worker crashed, hung or raised), and why."""
-    (work / title.id).mkdir(parents=True, exist_ok=True)
+    title_dir(work, title.id).mkdir(parents=True, exist_ok=True)
     StagedTitle(title.id, str(title.path), title_stage_key(title, cfg), status="quarantined", reason=reason).write(work)
 
 
 def stage_title(title: mf.Title, cfg: BuildConfig, trigger: str, work: Path, slot: int = 0) -> StagedTitle:
     """Turn one title into staged clips under `work/TITLE_ID/`; return (and write) its result.
 
-    Never raises for bad media: problems become a "quarantined" result with the reason.
+    Never raises for bad media (or a bad caption sidecar): problems become a "quarantined" result
+    with the reason.
+
+    Raises:
+        OutputError: writing under `work` failed (disk full ...): not the title's fault.
     """
-    tdir = work / title.id
-    if tdir.exists():
-        shutil.rmtree(tdir)
-    (tdir / "clips").mkdir(parents=True)
+    tdir = title_dir(work, title.id)
+    try:
+        if tdir.exists():
+            shutil.rmtree(tdir)
+        (tdir / "clips").mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(tdir, exc) from exc
     staged = StagedTitle(title.id, str(title.path), title_stage_key(title, cfg))
     try:
         _stage(title, cfg, trigger, tdir, staged, slot)
-    except video.MediaError as exc:
+    except (video.MediaError, cap.SidecarError) as exc:
         staged.status, staged.reason, staged.clips = "quarantined", str(exc), []
     staged.write(work)
     return staged
@@ -228,10 +266,10 @@ def _write_clip(title, cfg, trigger, tdir, window, clip, entries, captioner, rig
     caption = cap.clean_caption(caption, cfg.caption_max_chars)
     key = f"{title.id}_{window.start:07d}"
     mp4 = video.encode_clip(clip, fps, crf=cfg.crf, preset=cfg.preset)
-    (tdir / "clips" / f"{key}.mp4").write_bytes(mp4)
+    _write(tdir / "clips" / f"{key}.mp4", mp4)
     if cfg.thumbnails:
         ok, jpg = cv2.imencode(".jpg", clip[len(clip) // 2][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
-        (tdir / "clips" / f"{key}.jpg").write_bytes(jpg.tobytes())
+        _write(tdir / "clips" / f"{key}.jpg", jpg.tobytes())
     meta = {
         "key": key,
         "caption": caption,
@@ -261,5 +299,8 @@ class Heartbeat:
     def beat(self) -> None:
         now = time.monotonic()
         if now - self._last >= self.every:
-            self.path.touch()
+            try:
+                self.path.touch()
+            except OSError as exc:
+                raise OutputError(self.path, exc) from exc
             self._last = now

@@ -266,13 +266,20 @@ def read_frames(
         yield from _read_pyav(info, fps, wanted, transform, report)
 
 
+# One decoding thread, always. On a file with damaged bytes, frame-threaded decoding (decord's and
+# FFmpeg's) conceals errors differently with the thread count, and differently from run to run: the
+# clips then depended on --workers and the machine (measured: 1, 2, 8 and 16 threads gave 4 different
+# frame sets from one damaged file; 1 thread gave the same every time, in both decoders). Titles are
+# decoded in parallel instead (--workers).
+_DECODE_THREADS = 1
+
+
 def _read_decord(info, fps, wanted, transform, report):
     import bisect
 
     import decord
 
-    threads = int(os.environ.get("REELORA_DECODE_THREADS", "1"))
-    vr = decord.VideoReader(info.path, num_threads=threads)
+    vr = decord.VideoReader(info.path, num_threads=_DECODE_THREADS)
     starts = vr.get_frame_timestamp(list(range(len(vr))))[:, 0].astype(np.float64)
     starts -= starts[0]
     keyframes = sorted(int(i) for i in vr.get_key_indices())
@@ -310,8 +317,7 @@ def _read_pyav(info, fps, wanted, transform, report):
     try:
         with av.open(info.path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = int(os.environ.get("REELORA_DECODE_THREADS", "0"))
+            stream.codec_context.thread_count = _DECODE_THREADS
             for frame in container.decode(stream):
                 t = frame.time
                 if t is None:  # no pts: assume constant rate after the previous frame

@@ -37,3 +37,51 @@ def test_strict_fails_but_still_writes(tmp_path):
     assert reelora_main([*args, "--strict"]) == 1
     assert read_index(out)["num_samples"] == 2  # the good clips are written all the same
     assert reelora_main(args) == 0
+
+
+def test_rebuild_out_of_space_leaves_the_old_set(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import reelora.data.audit as audit_mod
+
+    make_video(tmp_path / "good.mp4", 3, 8, 96, 64)
+    lib = write_library(tmp_path, [{"id": "good", "path": "good.mp4"}])
+    out = tmp_path / "out"
+    args = ["shards", "build", str(lib), "--out", str(out), "--num-frames", "8", "--fps", "8", "--height", "32",
+            "--width", "48", "--preset", "ultrafast", "--as-of", "2026-01-01"]
+    assert reelora_main([*args, "--shard-max-clips", "3"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert [s["num_samples"] for s in read_index(out)["shards"]] == [3]
+    real = audit_mod.write_text_atomic
+
+    def full(path, text):
+        if path.name == "audit.html":
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {path}")
+        return real(path, text)
+
+    monkeypatch.setattr(audit_mod, "write_text_atomic", full)
+    assert reelora_main([*args, "--shard-max-clips", "2"]) == 2  # a new layout, written before audit.html
+    assert "no space left on device while writing" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (out / ".incoming").exists()
+    assert reelora_main(["shards", "verify", str(out)]) == 0
+    monkeypatch.setattr(audit_mod, "write_text_atomic", real)
+    assert reelora_main([*args, "--shard-max-clips", "2"]) == 0  # with space again: the new set, consistent
+    assert [s["num_samples"] for s in read_index(out)["shards"]] == [2, 1]
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    assert reelora_main(["shards", "verify", str(out)]) == 0
+    assert reelora_main([*args, "--shard-max-clips", "3"]) == 0  # and back: the stale second shard goes
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == ["shard-000000.tar"]
+
+
+def test_one_build_per_folder(library, tmp_path, capsys):
+    import os
+
+    from reelora.lock import RunLock
+
+    out = tmp_path / "out"
+    with RunLock(out, "shard build"):  # another build is running into `out`
+        assert reelora_main(["shards", "build", str(library), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"is in use: shard build by pid {os.getpid()} on host" in err
+    assert not (out / "work").exists() and not (out / "index.json").exists()

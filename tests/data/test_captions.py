@@ -85,3 +85,26 @@ def test_unloadable_captioner_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="captioner=.*no-such-model"):
         build(lib, tmp_path / "out", tiny_config(captioner=str(tmp_path / "no-such-model")))
     assert not (tmp_path / "out" / "work" / "v").exists()
+
+
+def test_sidecars_are_bounded(tmp_path, monkeypatch):
+    import os
+
+    import reelora.data.captions as caps
+
+    p = tmp_path / "c.jsonl"
+    line = json.dumps({"start": 0, "end": 2, "caption": "fine"})
+    p.write_text(line + "\n" + json.dumps({"start": 2, "end": 4, "caption": "x" * 70_000}) + "\n")
+    entries, problems = load_sidecar(p)  # an over-long line is skipped and reported, like a bad one
+    assert [e.caption for e in entries] == ["fine"] and f"{p}:2: skipped caption line (70" in problems[0]
+    monkeypatch.setattr(caps, "MAX_SIDECAR_BYTES", 100)
+    with pytest.raises(caps.SidecarError, match=rf"caption sidecar {p}: \d+ bytes, more than the 100"):
+        load_sidecar(p)
+    monkeypatch.setattr(caps, "MAX_SIDECAR_LINES", 3)
+    p.write_text("\n" * 4)
+    with pytest.raises(caps.SidecarError, match=rf"caption sidecar {p}: 4 lines, more than the 3"):
+        load_sidecar(p)
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)  # would block a reader forever
+    with pytest.raises(caps.SidecarError, match="not a regular file"):
+        load_sidecar(fifo)

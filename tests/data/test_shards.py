@@ -68,3 +68,78 @@ def test_damaged_or_missing_sets_are_named(built, tmp_path):
     (copy / first).write_bytes(b"not a tar" * 100)
     with pytest.raises(ShardError, match="unreadable"):
         ShardSet(copy)
+
+
+def _copy(built, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy, ignore=shutil.ignore_patterns("work"))
+    return copy
+
+
+def test_a_clip_with_flipped_bytes_is_named_when_read(built, tmp_path):
+    from reelora.cli import main as reelora_main
+    from reelora.data.shards import tar_members
+
+    copy = _copy(built, tmp_path)
+    shards = ShardSet(copy)
+    clip = shards.clips[6]
+    m = tar_members(clip.shard)[clip.key]["mp4"]
+    data = bytearray((copy / "shard-000001.tar").read_bytes())
+    data[m.offset + m.size // 2] ^= 0x40
+    (copy / "shard-000001.tar").write_bytes(bytes(data))
+    shards = ShardSet(copy)  # counts, keys and sizes still agree: opening is cheap and passes
+    with pytest.raises(ShardError, match=rf"shard-000001.tar: {clip.key}.mp4 does not match its clip_sha256"):
+        shards.clips[6].read("mp4")
+    with pytest.raises(ShardError, match=rf"{clip.key}.mp4 does not match"):
+        decode_frames(shards.clips[6])
+    assert shards.clips[5].read("mp4") and shards.clips[7].read("mp4")  # the others still read
+    assert reelora_main(["shards", "verify", str(copy)]) == 1
+
+
+def test_shards_that_disagree_with_the_index_are_named(built, tmp_path):
+    from reelora.data.shards import read_shard_samples, tar_members
+
+    copy = _copy(built, tmp_path)
+    name = read_index(copy)["shards"][1]["name"]
+    samples = read_shard_samples(copy / name)
+    # cut at a sample boundary: tar reads the first two samples and stops without complaint
+    third = min(m.offset for m in tar_members(copy / name)[samples[2]["__key__"]].values()) - 512
+    (copy / name).write_bytes((built / name).read_bytes()[:third])
+    with pytest.raises(ShardError, match=rf"{name} holds 2 samples but index.json says 5"):
+        ShardSet(copy)
+    write_shard(copy / name, [samples[1], samples[0], *samples[2:]])  # same samples, another order
+    with pytest.raises(ShardError, match=rf"{name} holds sample '{samples[1]['__key__']}' where index.json lists "
+                                         rf"'{samples[0]['__key__']}'"):
+        ShardSet(copy)
+    write_shard(copy / name, [*samples[:4], {**samples[4], "jpg": b"x"}])  # same keys, other bytes
+    with pytest.raises(ShardError, match=rf"{name} is \d+ bytes but index.json says"):
+        ShardSet(copy)
+
+
+def test_keys_inside_tars_are_plain_names(tmp_path):
+    import io
+    import tarfile
+
+    from reelora.data.shards import tar_members
+
+    for member in ["../../evil.mp4", "dir/x.mp4", "/abs.mp4", ".hidden.mp4"]:
+        path = tmp_path / "bad.tar"
+        with tarfile.open(path, "w") as tar:
+            info = tarfile.TarInfo(member)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+        with pytest.raises(ShardError, match="is not a plain KEY.EXT sample file"):
+            tar_members(path)
+
+
+def test_index_and_audit_are_bounded_before_parsing(built, tmp_path, monkeypatch):
+    import reelora.data.shards as shards_mod
+    from reelora.data.audit import read_audit
+
+    copy = _copy(built, tmp_path)
+    monkeypatch.setattr(shards_mod, "MAX_JSON_BYTES", 1000)
+    with pytest.raises(ShardError, match=r"index.json: unreadable shard index \(ValueError: \d+ bytes, more than the "
+                                         r"1000 a shard index may have\)"):
+        read_index(copy)
+    with pytest.raises(ShardError, match=r"audit.json: unreadable audit: \d+ bytes, more than the 1000"):
+        read_audit(copy)

@@ -120,3 +120,25 @@ def test_staged_title_round_trips_and_stale_results_are_redone(tmp_path):
     assert load_staged(work, title, cfg) is None  # quarantined titles are retried
     (work / "a" / "result.json").write_text("{")
     assert StagedTitle.read(work, "a") is None
+
+
+def test_work_files_do_not_steer_paths(tmp_path):
+    import json
+
+    import pytest
+
+    from reelora.data.shards import ShardError
+    from reelora.data.stage import title_dir
+
+    work = tmp_path / "work"
+    for crafted in ["..", "../x", "/etc", "a/b", ""]:
+        with pytest.raises(ShardError, match="is not a title id"):
+            title_dir(work, crafted)
+    (work / "a").mkdir(parents=True)
+    good = StagedTitle("a", "a.mp4", {}, clips=[StagedClip({"key": "a_0000000"}, "00")])
+    good.write(work)
+    assert StagedTitle.read(work, "a") == good
+    for bad in [{"title_id": "b"}, {"clips": [{"meta": {"key": "../../x"}, "signature": "00"}]},
+                {"clips": [{"meta": {"key": "b_0000000"}, "signature": "00"}]}]:  # another title's key
+        (work / "a" / "result.json").write_text(json.dumps({**json.loads(json.dumps(good.__dict__, default=vars)), **bad}))
+        assert StagedTitle.read(work, "a") is None  # read as "not staged": the title is staged again
