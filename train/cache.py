@@ -13,9 +13,9 @@ Broken entries (a disk filled up, a copy cut short, bit rot) are found, named an
 - each entry is written atomically and records the sha256 of its tensors (`sha256` in its header);
 - `header_problem` checks an entry without reading its tensors: the safetensors header parses and the
   file is exactly as long as the header's data offsets say (one open and a read of ~200 bytes per entry:
-  about 30 µs each on a local disk, so ~3 s per 100k entries). Training runs it on every entry it will
+  31 µs each measured on a local disk, so ~3 s per 100k entries). Training runs it on every entry it will
   read before it starts; `reelora cache` runs it on the entries already present and rebuilds the broken;
-- reading an entry checks its keys, shapes and sha256 (one hash of bytes already in memory: ~2 ms for a
+- reading an entry checks its keys, shapes and sha256 (one hash of bytes already in memory: ~5 ms for a
   4 MB latent), so a flipped byte stops training with a DataError naming the file and the clip;
   `reelora cache --verify full` reads every entry that way (the whole cache once) and rebuilds the broken.
 Entries written before the sha256 was recorded are read without that check.
