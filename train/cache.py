@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from reelora.data.shards import ClipRef, ShardSet, decode_frames
 from reelora.dtypes import canonical_dtype, parse_dtype
@@ -88,8 +89,6 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def full_problem(path: Path, kind: str) -> str | None:
     """What is wrong with an entry, loading its tensors and checking their sha256 (None: it is whole)."""
-    from safetensors import SafetensorError
-
     problem = header_problem(path)
     if problem:
         return problem
@@ -192,8 +191,6 @@ class LatentCache:
 
     def read(self, path: Path, kind: str, who: str) -> dict[str, torch.Tensor]:
         """An entry's tensors, after checking they load and have the keys, shape and sha256 it was written with."""
-        from safetensors import SafetensorError
-
         try:
             tensors, meta = _load(path)
         except (SafetensorError, OSError, ValueError) as exc:
@@ -265,7 +262,12 @@ class LatentCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         dtype = parse_dtype(self.ids.dtype)
         tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
-        save_safetensors_atomic(tensors, path, {**meta, "sha256": tensors_sha256(tensors)})
+        try:
+            save_safetensors_atomic(tensors, path, {**meta, "sha256": tensors_sha256(tensors)})
+        except (OSError, SafetensorError) as exc:  # e.g. a full disk: name the entry, not a temporary file
+            from reelora.train.checkpoint import write_error
+
+            raise DataError(write_error(path, exc, "cache entry", then="rerun the same `reelora cache`")) from None
 
     def write_manifest(self, model: str) -> None:
         path = self.root / "models" / self.ids.manifest_name()

@@ -33,14 +33,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from or written; the message names the folder."""
 
 
-def write_error(path: Path, exc: BaseException, what: str) -> str:
-    """'cannot write WHAT PATH: no space left on device (...)' for an OSError or a safetensors write error.
+def write_error(path: Path, exc: BaseException, what: str, then: str = "resume with train.resume=latest") -> str:
+    """'cannot write WHAT PATH: no space left on device (free space, then THEN)' for an OSError or a safetensors
+    write error, else the error's own text.
 
     safetensors' writer reports a full disk as SafetensorError text ("os error 28"), not as an OSError.
     """
     text = str(exc)
     full = getattr(exc, "errno", None) == errno.ENOSPC or "os error 28" in text or "No space left" in text
-    why = "no space left on device (free space, then resume with train.resume=latest)" if full else text
+    why = f"no space left on device (free space, then {then})" if full else text
     return f"cannot write {what} {path}: {why}"
 
 

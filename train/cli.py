@@ -34,6 +34,7 @@ def register(sub) -> None:
 
 def handler(args) -> int:
     from accelerate import PartialState
+    from safetensors import SafetensorError
 
     from reelora.data.shards import ShardError
     from reelora.lock import LockError, RunLock
@@ -61,7 +62,7 @@ def handler(args) -> int:
                             progress=not args.no_progress and state.is_local_main_process, verify=args.verify,
                             lock=False)
         state.wait_for_everyone()  # rank 0's lock covers every rank's writes
-    except (DataError, ShardError, ValueError, OSError) as exc:
+    except (DataError, ShardError, ValueError, OSError, SafetensorError) as exc:  # SafetensorError: a failed write
         print(f"reelora cache: error: {exc}", file=sys.stderr)
         return 1
     finally:
