@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from reelora.dtypes import parse_dtype
+from reelora.files import write_text_atomic
 from reelora.models import adapters as adapter_io
 from reelora.models import media
 from reelora.models.settings import SampleSettings, check_value, setting_names
@@ -263,7 +264,7 @@ class Sampler:
         prov = {**clip.provenance, "name": name, "file": f"{name}.mp4"}
         mp4 = media.write_mp4(out / f"{name}.mp4", clip.frames, clip.request.fps, provenance=prov)
         sidecar = out / f"{name}.json"
-        sidecar.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(sidecar, json.dumps(prov, indent=2, sort_keys=True) + "\n")
         return SampleResult(name=name, mp4=mp4, sidecar=sidecar, provenance=prov)
 
     # -- many clips ---------------------------------------------------------------------------------------
