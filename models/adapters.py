@@ -7,7 +7,10 @@ Files from elsewhere are untrusted, so:
 - only safetensors are read. Pickle-based checkpoints (`.bin`, `.pt`, `.ckpt`, `torch.save` zips) are
   refused by extension *and* by content, and nothing here ever calls `torch.load` or `pickle`;
 - every tensor is checked for NaN/inf, every key must name a Linear layer of the loaded backbone, and
-  every shape must fit that layer, all before the adapter touches the model.
+  every shape must fit that layer, all before the adapter touches the model;
+- the effective LoRA scale (lora_alpha / r from the metadata, or a foreign file's `.alpha` / rank, and
+  the scale it is mixed at) must be finite and at most MAX_LORA_SCALE in size: past that a LoRA delta
+  swamps any backbone, and the clip comes out NaN (caught anyway, at the denoising step).
 
 Key conversion from foreign formats is diffusers' own (the pipeline class's `lora_state_dict`);
 multi-adapter mixing and fusing is peft's, through the diffusers pipeline API.
@@ -15,6 +18,7 @@ multi-adapter mixing and fusing is peft's, through the diffusers pipeline API.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import warnings
@@ -33,6 +37,7 @@ LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_
 # The LoraConfig fields worth recording in provenance (the full peft dict is ~40 mostly-null fields).
 LORA_CONFIG_FIELDS = ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+MAX_LORA_SCALE = 1e4  # |alpha / rank| and |scale|; trained LoRAs use ~0.5-4, mixing scales ~0-2
 _KEY_RE = re.compile(r"^transformer\.(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias)$")
 
 
@@ -151,9 +156,50 @@ def read_adapter(path: str | Path, scale: float = 1.0, family: str | None = None
 
     fmt = detect_format(p, raw)
     state_dict, lora_metadata = _to_diffusers(p, fmt, raw, header, family)
+    check_scales(p, float(scale), lora_metadata, raw)
     lineage = {k: _maybe_json(v) for k, v in header.items() if k not in ("format", LORA_METADATA_KEY)}
     return Adapter(path=p, scale=float(scale), sha256=sha256_file(p), format=fmt, state_dict=state_dict,
                    lora_metadata=lora_metadata, lineage=lineage)
+
+
+def check_scales(path: Path, scale: float, metadata: dict | None, raw: dict[str, torch.Tensor]) -> None:
+    """Refuse a non-finite or absurd mixing scale, lora_alpha / r metadata, or `.alpha` tensor (see MAX_LORA_SCALE).
+
+    Raises:
+        AdapterError: naming the file and the key (or the scale) that is out of range.
+    """
+    def bad(value: float) -> bool:
+        return not math.isfinite(value) or abs(value) > MAX_LORA_SCALE
+
+    if bad(scale):
+        raise AdapterError(f"adapter {path}: scale {scale:g} is out of range (finite, at most {MAX_LORA_SCALE:g} in size)")
+    if metadata:
+        r, alpha = metadata.get("transformer.r"), metadata.get("transformer.lora_alpha")
+        where = f"header entry {LORA_METADATA_KEY!r}"
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or not r > 0:
+            if r is not None or alpha is not None:
+                raise AdapterError(f"adapter {path}: {where} key 'transformer.r' is {r!r}, not a positive rank")
+        elif alpha is not None:
+            if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+                raise AdapterError(f"adapter {path}: {where} key 'transformer.lora_alpha' is {alpha!r}, not a number")
+            eff = alpha / (math.sqrt(r) if metadata.get("transformer.use_rslora") else r)
+            if bad(eff):
+                raise AdapterError(f"adapter {path}: {where} key 'transformer.lora_alpha' = {alpha:g} with r = {r:g} "
+                                   f"scales the LoRA by {eff:g}; refusing more than {MAX_LORA_SCALE:g}")
+        for module, v in (metadata.get("transformer.alpha_pattern") or {}).items():
+            if not isinstance(v, (int, float)) or bad(float(v) / (r if isinstance(r, (int, float)) and r > 0 else 1)):
+                raise AdapterError(f"adapter {path}: {where} key 'transformer.alpha_pattern' gives {module!r} "
+                                   f"lora_alpha {v!r}; refusing a LoRA scale beyond {MAX_LORA_SCALE:g}")
+    # ComfyUI / musubi: one `.alpha` scalar per module, folded into the weights as alpha / rank
+    ranks = {k.split(".lora_")[0]: int(v.shape[0]) for k, v in raw.items()
+             if (".lora_down." in k or ".lora_A." in k) and v.ndim == 2}
+    for key, t in raw.items():
+        if not key.endswith(".alpha") or t.numel() != 1:
+            continue
+        rank = ranks.get(key[: -len(".alpha")], 1)
+        if bad(float(t) / rank):
+            raise AdapterError(f"adapter {path}: tensor {key!r} = {float(t):g} with rank {rank} scales the LoRA by "
+                               f"{float(t) / rank:g}; refusing more than {MAX_LORA_SCALE:g}")
 
 
 def detect_format(path: Path, state_dict: dict[str, torch.Tensor]) -> str:

@@ -21,10 +21,13 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, provenance: dict | None = None, crf: int = 12) -> Path:
     """Encode uint8 frames [F, H, W, 3] as H.264 (yuv420p) mp4 with PyAV; provenance goes into the tags.
 
-    Odd widths/heights are padded by one edge pixel because yuv420p needs even sizes.
+    Odd widths/heights are padded by one edge pixel because yuv420p needs even sizes. Written atomically:
+    a failed write (full disk) leaves no half clip at `path`.
     """
     import av
     from fractions import Fraction
+
+    from reelora.files import atomic_write
 
     path = Path(path)
     frames = to_uint8(np.asarray(frames))
@@ -33,23 +36,25 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, provenance: dict
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    # movflags=use_metadata_tags lets mp4 carry our own tag names, not just the iTunes set.
-    with av.open(str(path), "w", format="mp4", options={"movflags": "use_metadata_tags"}) as container:
-        if provenance is not None:
-            text = json.dumps(provenance, sort_keys=True, separators=(",", ":"))
-            container.metadata[PROVENANCE_TAG] = text
-            container.metadata["comment"] = text
-            container.metadata["title"] = str(provenance.get("prompt", ""))[:200]
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium"}
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+    def write(tmp: Path) -> None:
+        # movflags=use_metadata_tags lets mp4 carry our own tag names, not just the iTunes set.
+        with av.open(str(tmp), "w", format="mp4", options={"movflags": "use_metadata_tags"}) as container:
+            if provenance is not None:
+                text = json.dumps(provenance, sort_keys=True, separators=(",", ":"))
+                container.metadata[PROVENANCE_TAG] = text
+                container.metadata["comment"] = text
+                container.metadata["title"] = str(provenance.get("prompt", ""))[:200]
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "medium"}
+            for image in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_mp4(path: str | Path) -> tuple[np.ndarray, dict]:

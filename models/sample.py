@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from reelora.dtypes import parse_dtype
+from reelora.files import write_text_atomic
 from reelora.models import adapters as adapter_io
 from reelora.models import media
 from reelora.models.settings import SampleSettings, check_value, setting_names
@@ -99,19 +101,55 @@ def resolve_request(request: ClipRequest, *, defaults: SampleSettings, pipe: Any
     return req
 
 
+class SampleError(RuntimeError):
+    """A clip that came out NaN/inf (latents or decoded frames); nothing is written for it."""
+
+
 @torch.no_grad()
 def render(pipe: Any, req: ClipRequest, max_text_len: int) -> np.ndarray:
-    """Run `pipe` for a resolved request: uint8 frames [F, H, W, 3]. The sampler and validation both call this."""
+    """Run `pipe` for a resolved request: uint8 frames [F, H, W, 3]. The sampler and validation both call this.
+
+    Raises:
+        SampleError: the latents are NaN/inf after a denoising step (named), or the decoded frames are.
+            Unchecked, uint8 conversion turns them into a black clip that looks like a result.
+    """
+    def finite_latents(pipe, i, t, kwargs):  # one isfinite per step; returns the latents untouched
+        if not torch.isfinite(kwargs["latents"]).all():
+            raise SampleError(f"the latents are NaN/inf after denoising step {i + 1} of {req.steps}")
+        return kwargs
+
     # A CPU generator gives the same initial noise on every device (diffusers moves it over).
     generator = torch.Generator("cpu").manual_seed(int(req.seed))
     out = pipe(
         prompt=req.prompt, negative_prompt=req.negative_prompt, num_frames=req.num_frames,
         height=req.height, width=req.width, num_inference_steps=req.steps, guidance_scale=req.guidance,
-        generator=generator, output_type="np",
+        generator=generator, output_type="np", callback_on_step_end=finite_latents,
         # Wan's cross-attention sees the padding: sample at the text length the model trained with.
         max_sequence_length=max_text_len,
     )
-    return media.to_uint8(np.asarray(out.frames[0]))
+    frames = np.asarray(out.frames[0])
+    if not np.isfinite(frames).all():
+        raise SampleError("the decoded frames are NaN/inf")
+    return media.to_uint8(frames)
+
+
+def check_out_dir(out: str | Path, flag: str = "out") -> Path:
+    """Refuse an output folder that is a file or cannot be created, before any model loads (creates nothing).
+
+    Raises:
+        ValueError: naming `flag`, the folder and what is in the way.
+    """
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a directory; give a folder for the clips")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: cannot create it, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write into {parent} (permission denied)")
+    return path
 
 
 @dataclass
@@ -208,7 +246,14 @@ class Sampler:
         """Sample one clip. `overrides` are ClipRequest fields (seed=, num_frames=, ...)."""
         req = self.resolve(request, **overrides)
         started = time.time()
-        frames = render(self.pipe, req, self.comps.extra["max_text_len"])
+        try:
+            frames = render(self.pipe, req, self.comps.extra["max_text_len"])
+        except SampleError as exc:
+            used = ", ".join(f"{a.path} (scale {a.scale:g})" for a in self.adapters) or "no adapters"
+            raise SampleError(
+                f"clip {req.name or repr(req.prompt[:40])} (seed {req.seed}) on {self.model} with {used}: {exc}; "
+                f"nothing was written. An adapter's weights, lora_alpha or scale are too large for this backbone"
+                f"{' (or float16 overflowed: try --dtype bf16)' if self.dtype == torch.float16 else ''}") from None
         return Clip(frames=frames, request=req, provenance=self.provenance(req, started))
 
     def save(self, clip: Clip, out_dir: str | Path, name: str | None = None) -> SampleResult:
@@ -219,7 +264,7 @@ class Sampler:
         prov = {**clip.provenance, "name": name, "file": f"{name}.mp4"}
         mp4 = media.write_mp4(out / f"{name}.mp4", clip.frames, clip.request.fps, provenance=prov)
         sidecar = out / f"{name}.json"
-        sidecar.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(sidecar, json.dumps(prov, indent=2, sort_keys=True) + "\n")
         return SampleResult(name=name, mp4=mp4, sidecar=sidecar, provenance=prov)
 
     # -- many clips ---------------------------------------------------------------------------------------
@@ -228,6 +273,7 @@ class Sampler:
         """Sample and save every request (progress bar over clips), then write `contact_sheet.png`."""
         from tqdm.auto import tqdm
 
+        check_out_dir(out_dir)
         resolved = [self.resolve(r) for r in requests]  # fail on a bad line before sampling anything
         names = _unique_names(resolved)
         results, sheet = [], []
@@ -294,6 +340,7 @@ def sample_clips(model: str, prompts: str | Sequence[str | dict | ClipRequest] |
     base = {**{k: getattr(settings, k) for k in setting_names()}, "seed": seed}
     check_value("seed", seed)
     requests = read_prompts(prompts_file, base) if prompts_file is not None else build_requests(prompts, base)
+    check_out_dir(out)  # a bad folder fails now, not after the backbone has loaded
     sampler = Sampler(model, loras, fuse=fuse, **kwargs)
     return sampler.run(requests, out, contact_sheet=contact_sheet)
 
@@ -405,4 +452,4 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-__all__ = ["Sampler", "ClipRequest", "SampleSettings", "resolve_request", "render", "Clip", "SampleResult", "sample_clips", "read_prompts", "build_requests"]
+__all__ = ["Sampler", "SampleError", "check_out_dir", "ClipRequest", "SampleSettings", "resolve_request", "render", "Clip", "SampleResult", "sample_clips", "read_prompts", "build_requests"]

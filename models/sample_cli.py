@@ -34,6 +34,11 @@ adapters:
   diffusers/reelora (transformer.*), ComfyUI (diffusion_model.*), musubi-tuner/sd-scripts (lora_unet_*).
   Keys, shapes and values (NaN/inf) are checked against the backbone before sampling.
 
+exit status:
+  0 clips written; 2 bad input (flags, prompts, adapters, --out), refused before the model loads where
+  possible; 1 a clip came out NaN/inf (the adapters and the denoising step are named, nothing is written
+  for it) or a write failed.
+
 examples:
   reelora sample --model tiny-wan --prompt "a red fox in the snow" --steps 2 --out samples
   reelora sample --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --lora out/adapter:0.8 \\
@@ -123,10 +128,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from reelora.models.adapters import AdapterError
-    from reelora.models.sample import sample_clips
+    from reelora.models.sample import SampleError, check_out_dir, sample_clips
 
     settings = SampleSettings(**{f.name: getattr(args, f.name) for f in fields(SampleSettings)})
     try:
+        check_out_dir(args.out, "--out")
         results = sample_clips(
             args.model, prompts=args.prompt, prompts_file=args.prompts, loras=args.lora, out=args.out,
             seed=args.seed, settings=settings, fuse=args.fuse,
@@ -137,6 +143,9 @@ def _run(args: argparse.Namespace) -> int:
     except (AdapterError, ValueError, FileNotFoundError) as exc:
         print(f"reelora sample: error: {exc}", file=sys.stderr)
         return 2
+    except (SampleError, OSError) as exc:  # a NaN/inf clip, or a write that failed (its text names the file)
+        print(f"reelora sample: error: {exc}", file=sys.stderr)
+        return 1
     for r in results:
         print(r.mp4)
     return 0

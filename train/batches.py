@@ -95,12 +95,18 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.cache is None:
             item["frames"] = decode_frames(clip)
         else:
-            item["latents"] = self.cache.load_latents(clip)
-            item["text"] = self.cache.load_text(clip.caption)
+            try:
+                item["latents"] = self.cache.load_latents(clip)
+                item["text"] = self.cache.load_text(clip.caption, clip.key)
+            except DataError as exc:  # carried to the main process as text: see `batches`
+                item["error"] = str(exc)
         return item
 
 
 def collate(items: list[dict]) -> dict:
+    errors = [it["error"] for it in items if "error" in it]
+    if errors:
+        return {"error": errors[0]}
     out = {"key": [it["key"] for it in items], "caption": [it["caption"] for it in items]}
     if "frames" in items[0]:
         out["frames"] = torch.stack([it["frames"] for it in items])
@@ -111,9 +117,17 @@ def collate(items: list[dict]) -> dict:
 
 
 def batches(dataset: ClipDataset, sampler: StreamBatches, num_workers: int):
-    """An endless iterator of collated micro-batches for this rank."""
+    """An endless iterator of collated micro-batches for this rank.
+
+    Raises:
+        DataError: a damaged cache entry, with the message the dataset wrote (a worker's own exception
+            would reach the main process wrapped in the worker's traceback text).
+    """
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
         persistent_workers=False, prefetch_factor=2 if num_workers else None,
     )
-    return iter(loader)
+    for batch in loader:
+        if "error" in batch:
+            raise DataError(batch["error"])
+        yield batch

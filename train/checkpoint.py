@@ -6,13 +6,16 @@ OUTPUT/checkpoints/step-NNNNNN/
     state.json               step, samples consumed (data position), LR scheduler, optimizer param groups
     COMPLETE                 written last; a folder without it is never resumed from
 
-A save writes into checkpoints/.tmp-step-NNNNNN-PID/ and renames it when complete; a save cut short
-(crash, full disk) leaves that folder behind, and the next run removes it when it starts (remove_partial).
+A save writes into checkpoints/.tmp-step-NNNNNN-PID/ and renames it when complete. A save that fails
+(full disk, any OSError) removes that folder and raises CheckpointError naming the checkpoint folder,
+leaving the previous complete checkpoint as it was; a save cut short by a crash leaves the folder behind,
+and the next run removes it when it starts (remove_partial).
 
 Everything is safetensors + JSON: resume never unpickles anything.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -27,7 +30,19 @@ _STEP_DIR = re.compile(r"step-(\d{6,})")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed from; the message names the folder."""
+    """A checkpoint that cannot be resumed from or written; the message names the folder."""
+
+
+def write_error(path: Path, exc: BaseException, what: str, then: str = "resume with train.resume=latest") -> str:
+    """'cannot write WHAT PATH: no space left on device (free space, then THEN)' for an OSError or a safetensors
+    write error, else the error's own text.
+
+    safetensors' writer reports a full disk as SafetensorError text ("os error 28"), not as an OSError.
+    """
+    text = str(exc)
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "os error 28" in text or "No space left" in text
+    why = f"no space left on device (free space, then {then})" if full else text
+    return f"cannot write {what} {path}: {why}"
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -50,23 +65,38 @@ def latest(output_dir: str | Path) -> Path | None:
 
 def save(output_dir: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
          state: dict, keep_last: int) -> Path:
-    """Write checkpoint `step` to a temporary folder, mark it complete, rename it into place, then rotate."""
+    """Write checkpoint `step` to a temporary folder, mark it complete, rename it into place, then rotate.
+
+    Raises:
+        CheckpointError: a write failed (full disk, permissions...): names the checkpoint folder; the
+            temporary folder is removed and earlier checkpoints are untouched.
+    """
+    from safetensors import SafetensorError
+
     root = checkpoint_dir(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
-    opt_tensors, opt_groups = _flatten_optimizer(optimizer)
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer_param_groups": opt_groups}, indent=2))
-    (tmp / MARKER).write_text("ok\n")
-    _fsync_dir(tmp)
-    if final.exists():  # an older run's same-step folder (e.g. after a crash right after rename): replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
+        opt_tensors, opt_groups = _flatten_optimizer(optimizer)
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer_param_groups": opt_groups}, indent=2))
+        (tmp / MARKER).write_text("ok\n")
+        _fsync_dir(tmp)
+        if final.exists():  # an older run's same-step folder (e.g. after a crash right after rename): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(write_error(final, exc, f"checkpoint of step {step} to") +
+                              f"; earlier checkpoints in {root} are intact") from exc
+    except BaseException:  # interrupted mid-save: leave no half folder behind either
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _fsync_dir(root)
     for old in list_complete(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

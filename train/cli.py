@@ -1,7 +1,12 @@
 """`reelora cache`: precompute VAE latents and text embeddings for a shard directory.
 
 Runs as one process, or under `accelerate launch -m reelora.cli cache ...` with each rank encoding every
-world-th clip and caption into the same content-addressed cache.
+world-th clip and caption into the same content-addressed cache. One build per cache folder: rank 0
+holds `OUT/.reelora.lock` for all ranks (they write distinct, atomically renamed entries), and a second
+build into the same folder is refused naming the holder.
+
+Entries already present are verified and broken ones rebuilt (the `repaired` count): by default from
+their headers and sizes (one small read per entry), with `--verify full` by loading and hashing each.
 """
 from __future__ import annotations
 
@@ -20,26 +25,48 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="cache directory (created; existing entries are reused)")
     p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES, help="stored tensor dtype")
     p.add_argument("--batch-size", type=int, default=1, help="clips per VAE call")
+    p.add_argument("--verify", choices=("header", "full"), default="header",
+                   help="how existing entries are checked before reuse: 'header' (safetensors header and file size; "
+                   "~30 µs per entry) or 'full' (load each and compare its recorded sha256; reads the whole cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handler)
 
 
 def handler(args) -> int:
     from accelerate import PartialState
+    from safetensors import SafetensorError
 
     from reelora.data.shards import ShardError
+    from reelora.lock import LockError, RunLock
     from reelora.train.cache import build_cache
     from reelora.train.batches import DataError
     from reelora.train.loop import cpu_multiprocess
 
     state = PartialState(cpu=cpu_multiprocess())  # rank/world from `accelerate launch`; a single process otherwise
+    lock, message = None, None
+    if state.is_main_process:  # one lock for all ranks; every rank stops alike if another build holds it
+        try:
+            lock = RunLock(args.out, "cache build").acquire()
+        except LockError as exc:
+            message = f"--out: {exc}"
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message])[0]
+    if message:
+        print(f"reelora cache: error: {message}", file=sys.stderr)
+        return 1
     try:
         stats = build_cache(args.shards, args.model, args.out, rank=state.process_index, world=state.num_processes,
                             dtype=args.dtype, device=state.device, batch_size=args.batch_size,
-                            progress=not args.no_progress and state.is_local_main_process)
-    except (DataError, ShardError, ValueError, FileNotFoundError) as exc:
+                            progress=not args.no_progress and state.is_local_main_process, verify=args.verify,
+                            lock=False)
+        state.wait_for_everyone()  # rank 0's lock covers every rank's writes
+    except (DataError, ShardError, ValueError, OSError, SafetensorError) as exc:  # SafetensorError: a failed write
         print(f"reelora cache: error: {exc}", file=sys.stderr)
         return 1
-    state.wait_for_everyone()
+    finally:
+        if lock is not None:
+            lock.release()
     print(json.dumps({"rank": state.process_index, **stats}))
     return 0

@@ -107,7 +107,10 @@ class MetricLogger:
             self.wandb.log({"val/videos": [wandb.Video(str(p), format="mp4") for p in result["samples"]]}, step=step)
 
     def _write(self, step: int, record: dict) -> None:
-        self.jsonl.write(json.dumps({"step": step, **record}) + "\n")
+        try:
+            self.jsonl.write(json.dumps({"step": step, **record}) + "\n")
+        except OSError as exc:  # the bare error (e.g. ENOSPC) names no file
+            raise OSError(exc.errno, f"{exc.strerror or exc} while writing {self.jsonl.name} at step {step}") from exc
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if not isinstance(v, list)}, step=step)
 

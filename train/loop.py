@@ -38,6 +38,9 @@ def run(cfg: Config) -> int:
     except (ConfigError, DataError, ShardError, checkpoint.CheckpointError, NonFiniteError) as exc:
         print(f"[rank {accelerator.process_index}] error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except OSError as exc:  # a write the paths above do not wrap (logs, validation clips): its text names the file
+        print(f"[rank {accelerator.process_index}] error: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if lock is not None:
             lock.release()
@@ -330,12 +333,29 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def save_checkpoint(cfg, accelerator, model, optimizer, scheduler, step: int, samples_seen: int) -> None:
     from reelora.models.lora import lora_state_dict
 
+    message = None
     if accelerator.is_main_process:
         state = {"samples_seen": samples_seen, "scheduler": scheduler.state_dict(),
                  "world_size": accelerator.num_processes, "config": resume_config(cfg)}
-        checkpoint.save(cfg.train.output_dir, step, lora_state_dict(accelerator.unwrap_model(model)), optimizer,
-                        state, cfg.train.keep_last)
-    accelerator.wait_for_everyone()
+        try:
+            checkpoint.save(cfg.train.output_dir, step, lora_state_dict(accelerator.unwrap_model(model)), optimizer,
+                            state, cfg.train.keep_last)
+        except checkpoint.CheckpointError as exc:  # full disk etc.: the save cleaned up after itself
+            message = str(exc)
+    fail_on_every_rank(accelerator, message)
+
+
+def fail_on_every_rank(accelerator, message: str | None) -> None:
+    """Raise the main process's write failure on every rank, so none waits forever at the next collective.
+
+    The broadcast also stands in for the barrier: no rank goes on before the main process has written.
+    """
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message])[0]
+    if message:
+        raise checkpoint.CheckpointError(message)
 
 
 class GracefulStop:
@@ -362,11 +382,13 @@ class GracefulStop:
 
 def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, step: int) -> None:
     """OUTPUT/adapter/: diffusers + ComfyUI safetensors with lineage, and a model card (main process)."""
+    from safetensors import SafetensorError
+
     from reelora import __version__
     from reelora.models.lora import lora_state_dict, save_adapter
 
-    check_replicas(cfg, accelerator, lora_state_dict(accelerator.unwrap_model(model)))
-    if accelerator.is_main_process:
+    message = check_replicas(cfg, accelerator, lora_state_dict(accelerator.unwrap_model(model)))
+    if accelerator.is_main_process and message is None:
         shards = data["shards"]
         lineage = {
             "base_model": cfg.model, "base_revision": comps.revision, "family": spec.family,
@@ -374,26 +396,39 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
             "num_clips": len(shards.clips), "step": step, "config": cfg.to_dict(), "reelora_version": __version__,
         }
         targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
-        save_adapter(Path(cfg.train.output_dir) / "adapter", lora_state_dict(accelerator.unwrap_model(model)),
-                     rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=targets, family=spec.family, lineage=lineage)
-    accelerator.wait_for_everyone()
+        folder = Path(cfg.train.output_dir) / "adapter"
+        try:  # each file is written atomically: a failure leaves the old file or none, never a torn one
+            save_adapter(folder, lora_state_dict(accelerator.unwrap_model(model)), rank=cfg.lora.rank,
+                         alpha=cfg.lora.alpha, target_modules=targets, family=spec.family, lineage=lineage)
+        except (OSError, SafetensorError) as exc:
+            message = checkpoint.write_error(folder, exc, "the adapter to") + f" (the last checkpoint of step {step} is complete)"
+    fail_on_every_rank(accelerator, message)
 
 
-def check_replicas(cfg: Config, accelerator, sd: dict) -> None:
-    """Every rank must hold the same adapter at the end; record the digests in OUTPUT/logs/replicas.json."""
+def check_replicas(cfg: Config, accelerator, sd: dict) -> str | None:
+    """Every rank must hold the same adapter at the end; record the digests in OUTPUT/logs/replicas.json.
+
+    Returns the main process's write failure (None when written), for `fail_on_every_rank`.
+    """
     import hashlib
-    import json
 
     from accelerate.utils import gather_object
 
     digest = hashlib.sha256(b"".join(sd[k].detach().cpu().float().numpy().tobytes() for k in sorted(sd))).hexdigest()
     digests = gather_object([digest]) if accelerator.num_processes > 1 else [digest]
+    message = None
     if accelerator.is_main_process:
+        from reelora.files import write_json_atomic
+
         path = Path(cfg.train.output_dir) / "logs" / "replicas.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"digests": digests}, indent=2))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, {"digests": digests})
+        except OSError as exc:
+            message = checkpoint.write_error(path, exc, "replica digests to")
     if len(set(digests)) != 1:
         raise checkpoint.CheckpointError(f"ranks ended with different LoRA weights: {digests}")
+    return message
 
 
 def _teardown(accelerator) -> None:

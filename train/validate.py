@@ -1,11 +1,13 @@
 """Validation: denoising loss at fixed timestep quantiles with fixed noise, and sample clips from fixed prompts.
 
 Both are split across ranks and combined with collectives every rank joins (so none waits forever);
-samples run one prompt at a time, and with a cache the VAE and text encoder live on the CPU and visit
-the accelerator only while a sample is made.
+samples run one prompt at a time. With a cache the VAE and text encoder are loaded once per run, in the
+training weight dtype (the Wan VAE stays fp32), kept on the CPU, and moved to the accelerator once per
+validation, for all of this rank's prompts, then back.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -77,7 +79,7 @@ class Validator:
 
         from reelora.models import media
         from reelora.models.registry import sample_defaults
-        from reelora.models.sample import ClipRequest, render, resolve_request
+        from reelora.models.sample import ClipRequest, SampleError, render, resolve_request
 
         v, acc = self.cfg.validation, self.acc
         folder = self.out / "samples" / f"step-{step:06d}"
@@ -87,24 +89,32 @@ class Validator:
                            vae=aux.vae, text_encoder=aux.text_encoder, tokenizer=aux.tokenizer,
                            scheduler=self.comps.scheduler, revision=self.comps.revision, extra=self.comps.extra)
         offload = aux is not self.comps
+        mine_prompts = range(acc.process_index, len(v.prompts), acc.num_processes)
         mine = []
-        for i in range(acc.process_index, len(v.prompts), acc.num_processes):
-            if offload:
-                aux.vae.to(acc.device), aux.text_encoder.to(acc.device)
+        if offload and len(mine_prompts):
+            aux.vae.to(acc.device), aux.text_encoder.to(acc.device)
+        try:
             pipe = self.spec.pipeline(comps)
             pipe.set_progress_bar_config(disable=True)
-            req = resolve_request(ClipRequest(prompt=v.prompts[i], seed=v.seed + i, **vars(v.sample)),
-                                  defaults=sample_defaults(self.cfg.model, self.spec), pipe=pipe,
-                                  size_multiple=self.spec.size_multiple, model=self.cfg.model)
-            with acc.autocast():
-                frames = render(pipe, req, comps.extra.get("max_text_len", 512))
+            for i in mine_prompts:
+                req = resolve_request(ClipRequest(prompt=v.prompts[i], seed=v.seed + i, **vars(v.sample)),
+                                      defaults=sample_defaults(self.cfg.model, self.spec), pipe=pipe,
+                                      size_multiple=self.spec.size_multiple, model=self.cfg.model)
+                try:
+                    with acc.autocast():
+                        frames = render(pipe, req, comps.extra.get("max_text_len", 512))
+                except SampleError as exc:  # say so and write nothing: a black clip would pass for a sample
+                    print(f"[rank {acc.process_index}] warning: validation sample {i} ({req.prompt[:40]!r}) at step "
+                          f"{step}: {exc}; not written", file=sys.stderr, flush=True)
+                    continue
+                path = folder / f"prompt-{i:02d}.mp4"
+                media.write_mp4(path, frames, req.fps, provenance={"prompt": req.prompt, "seed": req.seed, "step": step})
+                mine.append(str(path))
+        finally:
             if offload:
                 aux.vae.to("cpu"), aux.text_encoder.to("cpu")
                 if acc.device.type == "cuda":
                     torch.cuda.empty_cache()
-            path = folder / f"prompt-{i:02d}.mp4"
-            media.write_mp4(path, frames, req.fps, provenance={"prompt": req.prompt, "seed": req.seed, "step": step})
-            mine.append(str(path))
         paths = gather_object(mine) if acc.num_processes > 1 else mine
         return [Path(p) for p in sorted(paths)]
 
@@ -112,7 +122,11 @@ class Validator:
         if self.comps.vae is not None and self.comps.text_encoder is not None:
             return self.comps
         if self._aux is None:
+            from reelora.dtypes import parse_dtype
             from reelora.models.registry import load_model
 
-            _, self._aux = load_model(self.cfg.model, device="cpu", components=("vae", "text_encoder", "tokenizer"))
+            mp = self.cfg.train.mixed_precision  # accelerate's "no" means fp32 weights
+            dtype = parse_dtype("fp32" if mp == "no" else mp, "train.mixed_precision")
+            _, self._aux = load_model(self.cfg.model, dtype=dtype, device="cpu",
+                                      components=("vae", "text_encoder", "tokenizer"))
         return self._aux

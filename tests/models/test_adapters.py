@@ -155,3 +155,27 @@ def test_parse_lora_arg():
     assert parse_lora_arg("out/adapter:0.5") == ("out/adapter", 0.5)
     assert parse_lora_arg("a.safetensors:0") == ("a.safetensors", 0.0)
     assert parse_lora_arg("weird:name.safetensors") == ("weird:name.safetensors", 1.0)
+
+
+def test_absurd_lora_alpha_or_scale_is_refused_naming_the_file_and_key(tmp_path, adapters):
+    import json
+    import re
+
+    from safetensors import safe_open
+
+    from tests.models.conftest import ALPHA, to_comfyui
+
+    sd = load_file(str(adapters["wan2"]))
+    with safe_open(str(adapters["wan2"]), framework="pt") as f:
+        config = {k.removeprefix("transformer."): v for k, v in json.loads(f.metadata()["lora_adapter_metadata"]).items()}
+    for alpha, shown in ((1e30, "1e+30"), (float("inf"), "inf"), (-1e6, "-1e+06")):
+        path = write_diffusers(tmp_path / "alpha.safetensors", sd, {**config, "lora_alpha": alpha})
+        with pytest.raises(AdapterError, match=rf"{path}.*'transformer\.lora_alpha' = {re.escape(shown)} with r = {RANK}"):
+            read_adapter(path)
+    comfy = write_diffusers(tmp_path / "comfy.safetensors", to_comfyui(sd, 1e30), None)
+    with pytest.raises(AdapterError, match=rf"{comfy}: tensor 'diffusion_model\..*\.alpha' = 1e\+30 with rank {RANK}"):
+        read_adapter(comfy, family="wan")
+    for scale in (float("nan"), 1e30):
+        with pytest.raises(AdapterError, match=rf"{adapters['wan2']}: scale {re.escape(f'{scale:g}')} is out of range"):
+            read_adapter(adapters["wan2"], scale)
+    assert read_adapter(write_diffusers(tmp_path / "ok.safetensors", sd, {**config, "lora_alpha": ALPHA}), -2.0).scale == -2.0

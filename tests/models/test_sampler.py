@@ -206,3 +206,38 @@ def test_local_diffusers_directory_samples_like_the_builtin(tmp_path, base_wan, 
     assert s.resolve("x").num_frames == 81
     styled = _frames("tiny-wan", [adapters["wan"]])
     assert np.array_equal(s.generate(PROMPT, **WAN).frames, styled)
+
+
+def _cli(*args):
+    from reelora.cli import main
+
+    return main(["sample", "--model", "tiny-wan", "--prompt", "a red fox", "--num-frames", "5", "--height", "32",
+                 "--width", "32", "--steps", "2", "--quiet", *args])
+
+
+def test_a_nan_clip_is_an_error_naming_the_adapters_and_step_and_writes_nothing(tmp_path, capsys):
+    from tests.models.conftest import lora_state_dict, write_diffusers
+
+    sd, config = lora_state_dict("tiny-wan", seed=1)
+    huge = write_diffusers(tmp_path / "huge.safetensors", {k: v * 1e30 if "lora_B" in k else v for k, v in sd.items()},
+                           config)  # finite, so it passes the adapter checks
+    out = tmp_path / "samples"
+    assert _cli("--lora", f"{huge}:0.5", "--out", str(out)) == 1
+    err = capsys.readouterr().err
+    assert f"{huge} (scale 0.5)" in err and "NaN/inf after denoising step 1 of 2" in err and "nothing was written" in err
+    assert "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_out_that_is_a_file_fails_before_the_model_loads(tmp_path, adapters, capsys, monkeypatch):
+    import reelora.models.registry
+
+    monkeypatch.setattr(reelora.models.registry, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    assert _cli("--lora", str(adapters["wan"]), "--out", str(taken)) == 2
+    assert f"--out {taken}: exists and is not a directory" in capsys.readouterr().err
+    assert _cli("--out", str(taken / "clips")) == 2
+    assert f"--out {taken / 'clips'}: cannot create it, {taken} is a file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"out {taken}: exists"):
+        sample_clips("tiny-wan", "x", out=taken)

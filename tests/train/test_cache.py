@@ -80,3 +80,67 @@ def test_local_model_cache_is_found_by_any_path_to_it(shards, tmp_path, monkeypa
     assert first["latents_written"] == 6
     again = build_cache(str(shards), str(tmp_path / "models" / "base"), str(tmp_path / "c"), progress=False)
     assert again["latents_written"] == 0 and again["latents_skipped"] == 6 and again["text_written"] == 0
+
+
+def _ids() -> CacheIds:
+    return CacheIds(vae="tiny-wan@seed0/vae", text_encoder="tiny-wan@seed0/text_encoder", dtype="fp32", max_text_len=64)
+
+
+def test_damaged_entries_are_named_and_rebuilt_then_training_matches_bitwise(shards, cache, tmp_path, capsys):
+    import shutil
+
+    from tests.train.test_train import adapter, assert_same_tensors
+
+    broken = tmp_path / "broken"
+    shutil.copytree(cache, broken)
+    clips = ShardSet(shards).clips
+    lc = LatentCache(broken, _ids())
+    truncated, flipped = lc.latent_path(clips[0]), lc.latent_path(clips[1])
+    truncated.write_bytes(truncated.read_bytes()[:-100])  # a copy or a full disk cut it short
+    data = bytearray(flipped.read_bytes())
+    data[-64:-32] = bytes(b ^ 0xFF for b in data[-64:-32])  # bit rot inside the tensor data: the header still parses
+    flipped.write_bytes(bytes(data))
+
+    # the truncated entry stops training before it starts, naming the file, the clip and the fix
+    assert run(tiny_cfg(tmp_path / "a", shards, broken, "train.max_steps=1")) == 1
+    err = capsys.readouterr().err
+    assert str(truncated) in err and clips[0].key in err and "reelora cache" in err and "Traceback" not in err
+    # the flipped bytes are caught when the entry is read (its recorded sha256), naming the file and clip
+    with pytest.raises(DataError, match=rf"{flipped}.*clip {clips[1].key}.*sha256.*--verify full"):
+        lc.load_latents(clips[1])
+
+    cmd = ["cache", "--shards", str(shards), "--model", "tiny-wan", "--out", str(broken), "--no-progress"]
+    assert reelora_main(cmd) == 0  # header check: rebuilds the truncated entry
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["repaired"] == 1 and f"rebuilding {truncated}" in err
+    assert run(tiny_cfg(tmp_path / "b", shards, broken, "train.max_steps=3")) == 1  # epoch 0 reads every clip
+    err = capsys.readouterr().err
+    assert str(flipped) in err and clips[1].key in err and "--verify full" in err and "Traceback" not in err
+    assert reelora_main([*cmd, "--verify", "full"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["repaired"] == 1 and f"rebuilding {flipped}" in err
+
+    assert _entries(broken).keys() == _entries(cache).keys()
+    for k, tensors in _entries(broken).items():
+        assert all(torch.equal(t, _entries(cache)[k][n]) for n, t in tensors.items()), k
+    assert run(tiny_cfg(tmp_path / "repaired", shards, broken, "train.max_steps=3")) == 0
+    assert run(tiny_cfg(tmp_path / "untouched", shards, cache, "train.max_steps=3")) == 0
+    assert_same_tensors(adapter(tmp_path / "repaired"), adapter(tmp_path / "untouched"))
+
+
+def test_a_second_cache_build_into_a_held_folder_is_refused(shards, tmp_path, capsys):
+    from reelora.lock import LockError
+    from tests.reelora.test_lock import _holder
+
+    out = tmp_path / "c"
+    p = _holder(out)
+    try:
+        rc = reelora_main(["cache", "--shards", str(shards), "--model", "tiny-wan", "--out", str(out), "--no-progress"])
+        with pytest.raises(LockError, match=f"pid {p.pid}"):
+            build_cache(str(shards), "tiny-wan", str(out), progress=False)
+    finally:
+        p.kill()
+        p.wait()
+    err = capsys.readouterr().err
+    assert rc == 1 and "--out" in err and f"pid {p.pid}" in err and str(out) in err
+    assert not (out / "latents").exists()

@@ -45,3 +45,43 @@ def test_a_run_removes_a_leftover_save_when_it_starts_and_when_it_resumes(tmp_pa
                     "train.resume=latest")) == 0
     assert not again.exists()
     assert [p.name for p in checkpoint.list_complete(out)] == ["step-000001", "step-000002"]
+
+
+def test_a_full_disk_at_a_checkpoint_or_export_is_a_clean_error_that_keeps_the_last_checkpoint(
+        tmp_path, shards, cache, monkeypatch, capsys):
+    import errno
+
+    import safetensors.torch
+
+    out = tmp_path / "run"
+    real = checkpoint.save_file
+
+    def full_at_step_2(tensors, path, *args, **kwargs):
+        if ".tmp-step-000002" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_at_step_2)
+    assert run(tiny_cfg(out, shards, cache, "train.max_steps=3", "train.checkpoint_every=1")) == 1
+    err = capsys.readouterr().err
+    assert f"{checkpoint.checkpoint_dir(out) / 'step-000002'}: no space left on device" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in checkpoint.checkpoint_dir(out).iterdir()) == ["step-000001"]  # no .tmp-step-*
+    monkeypatch.undo()
+
+    # the adapter export fails alike (its files are written atomically: none is left torn) ...
+    def disk_full(tensors, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    resume = ("train.max_steps=3", "train.checkpoint_every=1", "train.resume=latest")
+    assert run(tiny_cfg(out, shards, cache, *resume)) == 1
+    printed, err = capsys.readouterr()
+    assert f"resumed from {checkpoint.checkpoint_dir(out) / 'step-000001'} at step 1" in printed
+    assert f"{out / 'adapter'}: no space left on device" in err and "Traceback" not in err
+    assert not list((out / "adapter").glob("*.safetensors*")) and not list((out / "adapter").glob(".*.tmp"))
+    monkeypatch.undo()
+    # ... and once there is space, resuming from the last complete checkpoint finishes the run
+    assert run(tiny_cfg(out, shards, cache, *resume)) == 0
+    assert (out / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+    assert [p.name for p in checkpoint.list_complete(out)] == ["step-000002", "step-000003"]

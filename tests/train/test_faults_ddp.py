@@ -55,12 +55,42 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path, shards, cac
     assert_same(adapter(straight), adapter(cut))
 
 
-def accelerate_ddp(port: int, *args, timeout=300):
+def accelerate_ddp(port: int, *args, timeout=300, env=None):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(port), str(ROOT / "train.py"), *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **DETERMINISTIC_ENV})
+                          env={**os.environ, **DETERMINISTIC_ENV, **(env or {})})
+
+
+# Loaded by every process through PYTHONPATH: the disk is "full" when step 2's checkpoint is written.
+DISK_FULL_AT_STEP_2 = """
+import errno
+import reelora.train.checkpoint as checkpoint
+_real = checkpoint.save_file
+def save_file(tensors, path, *args, **kwargs):
+    if ".tmp-step-000002" in str(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return _real(tensors, path, *args, **kwargs)
+checkpoint.save_file = save_file
+"""
+
+
+@pytest.mark.slow
+def test_ddp_full_disk_at_a_checkpoint_stops_every_rank_cleanly(tmp_path, shards, cache):
+    # Only rank 0 writes; the others must hear of its failure instead of waiting at the next collective.
+    (tmp_path / "patch").mkdir()
+    (tmp_path / "patch" / "sitecustomize.py").write_text(DISK_FULL_AT_STEP_2)
+    out = tmp_path / "run"
+    r = accelerate_ddp(29614, *cfg_args(out, shards, cache, "train.max_steps=3", "train.checkpoint_every=1",
+                                        "train.batch_size=1"), timeout=180, env={"PYTHONPATH": str(tmp_path / "patch")})
+    assert r.returncode != 0
+    for rank in (0, 1):
+        assert f"[rank {rank}] error: cannot write checkpoint of step 2 to {out / 'checkpoints' / 'step-000002'}: " \
+               f"no space left on device" in r.stderr, r.stderr[-3000:]
+    # no traceback from the trainer (the launcher prints its own ChildFailedError report for any exit 1)
+    assert "loop.py" not in r.stderr and "checkpoint.py" not in r.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001"]
 
 
 @pytest.mark.slow

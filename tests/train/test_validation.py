@@ -29,3 +29,20 @@ def test_validation_loss_and_samples(tmp_path, shards, cache):
         with av.open(str(paths[0])) as c:
             frames = list(c.decode(video=0))
         assert len(frames) == 5 and frames[0].width == 32
+
+
+def test_a_nan_validation_sample_is_reported_and_not_written(tmp_path, shards, cache, monkeypatch, capsys):
+    import reelora.models.sample as sample
+
+    def nan_clip(pipe, req, max_text_len):
+        raise sample.SampleError("the latents are NaN/inf after denoising step 1 of 2")
+
+    monkeypatch.setattr(sample, "render", nan_clip)
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, shards, cache, "train.max_steps=1", "validation.every=1", "validation.num_clips=1",
+                   "validation.sample.steps=2", "validation.prompts=[exp style a red room]")
+    assert run(cfg) == 0  # training goes on: the sample is reported, not written as a black clip
+    assert "validation sample 0 ('exp style a red room') at step 1: the latents are NaN/inf" in capsys.readouterr().err
+    assert not list((out / "samples").rglob("*.mp4"))
+    val = [json.loads(l) for l in (out / "logs/metrics.jsonl").read_text().splitlines() if "val/loss" in l]
+    assert val[0]["val/samples"] == []
