@@ -48,10 +48,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if _out_of_space(exc):
             raise OSError(errno.ENOSPC, f"no space left on device while writing {path}") from exc
         raise
     return path
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    # safetensors raises its own SafetensorError ("... os error 28") rather than OSError on a failed write
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return type(exc).__name__ == "SafetensorError" and f"os error {errno.ENOSPC}" in str(exc)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
