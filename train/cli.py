@@ -68,5 +68,13 @@ def handler(args) -> int:
     finally:
         if lock is not None:
             lock.release()
-    print(json.dumps({"rank": state.process_index, **stats}))
+    if state.num_processes > 1:  # one summary line from rank 0 (ranks printing at once interleave their lines)
+        from accelerate.utils import gather_object
+
+        per_rank = gather_object([stats])
+        if not state.is_main_process:
+            return 0
+        stats = {k: (v if k == "clips" else sum(r[k] for r in per_rank)) for k, v in per_rank[0].items()}
+        stats["per_rank"] = per_rank
+    print(json.dumps({"ranks": state.num_processes, **stats}))
     return 0

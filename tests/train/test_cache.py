@@ -144,3 +144,29 @@ def test_a_second_cache_build_into_a_held_folder_is_refused(shards, tmp_path, ca
     err = capsys.readouterr().err
     assert rc == 1 and "--out" in err and f"pid {p.pid}" in err and str(out) in err
     assert not (out / "latents").exists()
+
+
+@pytest.mark.slow
+def test_cache_under_accelerate_two_processes_equals_one_process(shards, cache, tmp_path):
+    """The documented multi-process form: `accelerate launch --multi_gpu --num_processes 2 -m reelora.cli cache ...`."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.train.conftest import DETERMINISTIC_ENV
+
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", "29631", "-m", "reelora.cli", "cache", "--shards", str(shards),
+           "--model", "tiny-wan", "--out", str(out), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **DETERMINISTIC_ENV})
+    assert r.returncode == 0, r.stderr[-3000:]
+    [line] = [l for l in r.stdout.splitlines() if l.startswith("{")]  # one summary, from rank 0
+    stats = json.loads(line)
+    assert stats["ranks"] == 2 and stats["latents_written"] == 6 and stats["clips"] == 6
+    assert [s["latents_written"] for s in stats["per_rank"]] == [3, 3]  # each rank its share
+    a, b = _entries(cache), _entries(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        for name in a[k]:
+            torch.testing.assert_close(a[k][name], b[k][name], rtol=1e-5, atol=1e-5)
