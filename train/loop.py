@@ -90,10 +90,12 @@ def _run(cfg: Config, accelerator) -> int:
             save_checkpoint(cfg, accelerator, model, optimizer, scheduler, step, samples_seen)
         if stop_code:
             accelerator.print(f"stopped by signal at step {step}; checkpoint written, resume with train.resume=latest")
+            mark_stopped(cfg, accelerator, step, stop_code)
             logger.close()
             return stop_code
 
     export_adapter(cfg, accelerator, spec, comps, model, data, step)
+    mark_stopped(cfg, accelerator, None, 0)
     logger.close()
     return 0
 
@@ -356,6 +358,23 @@ def fail_on_every_rank(accelerator, message: str | None) -> None:
         message = broadcast_object_list([message])[0]
     if message:
         raise checkpoint.CheckpointError(message)
+
+
+STOPPED_FILE = "stopped.json"
+
+
+def mark_stopped(cfg: Config, accelerator, step: int | None, code: int) -> None:
+    """OUTPUT/stopped.json while a run is stopped by a signal (removed when it finishes): under `accelerate
+    launch` the launcher exits 1 whatever its workers did, so a scheduler tells a stop from a crash by this."""
+    if not accelerator.is_main_process:
+        return
+    path = Path(cfg.train.output_dir) / STOPPED_FILE
+    if step is None:
+        path.unlink(missing_ok=True)
+    else:
+        from reelora.files import write_json_atomic
+
+        write_json_atomic(path, {"step": step, "exit_code": code, "resume": "train.resume=latest"})
 
 
 class GracefulStop:

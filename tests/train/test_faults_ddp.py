@@ -48,6 +48,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path, shards, cac
     assert len(done) == 1 and done[0].startswith("step-")
     stopped_at = int(done[0].split("-")[1])
     assert 2 <= stopped_at < 12 and steps_logged(cut) == stopped_at and not (cut / "adapter").exists()
+    assert json.loads((cut / "stopped.json").read_text())["step"] == stopped_at
 
     r = train_py(*cfg_args(cut, shards, cache, *args, "train.resume=latest"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -109,3 +110,26 @@ def test_ddp_two_processes_identical_replicas_and_exact_resume(tmp_path, shards,
     r = accelerate_ddp(29613, *cfg_args(split, shards, cache, *args, "train.resume=latest"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same(adapter(straight), adapter(split))
+
+    # SIGTERM to the launcher (what a scheduler sends): it reaches both ranks, which stop at one step
+    # boundary, write one checkpoint and OUTPUT/stopped.json; the resumed run equals the straight one.
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "29615", str(ROOT / "train.py"), *cfg_args(cut, shards, cache, *args)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **DETERMINISTIC_ENV})
+    deadline = time.time() + 200
+    while steps_logged(cut) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=200)
+    assert proc.returncode != 0  # torch's launcher reports a signal as exit 1 (README: "Exit codes")
+    stopped = json.loads((cut / "stopped.json").read_text())
+    assert stopped["exit_code"] == 143 and 1 <= stopped["step"] < 4, err[-2000:]
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == [f"step-{stopped['step']:06d}"]
+    assert steps_logged(cut) == stopped["step"] and not (cut / "adapter").exists()
+    r = accelerate_ddp(29616, *cfg_args(cut, shards, cache, *args, "train.resume=latest"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (cut / "stopped.json").exists()
+    assert_same(adapter(straight), adapter(cut))
