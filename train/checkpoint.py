@@ -48,9 +48,12 @@ def latest(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save(output_dir: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def save(output_dir: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | dict,
          state: dict, keep_last: int) -> Path:
-    """Write checkpoint `step` to a temporary folder, mark it complete, rename it into place, then rotate."""
+    """Write checkpoint `step` to a temporary folder, mark it complete, rename it into place, then rotate.
+
+    `optimizer` may be given as its `state_dict()` (under FSDP: the gathered full state, train/parallel.py).
+    """
     root = checkpoint_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -107,7 +110,7 @@ def remove_partial(output_dir: str | Path) -> list[Path]:
 
 
 def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = optimizer.state_dict()
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors = {}
     for idx, st in sd["state"].items():
         for name, value in st.items():

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from reelora.data.shards import ShardError, ShardSet
-from reelora.train import checkpoint
+from reelora.train import checkpoint, parallel
 from reelora.train.config import Config, ConfigError
 from reelora.train.batches import ClipDataset, DataError, StreamBatches, batches
 from reelora.train.step import NonFiniteError, StepContext, train_step
@@ -54,8 +54,11 @@ def _run(cfg: Config, accelerator) -> int:
     val_clips = open_validation_clips(cfg, data)
 
     spec, comps = load_backbone(cfg, accelerator, cached=data["cache"] is not None)
-    model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps, accelerator)
+    if parallel.is_sharded(model):  # FSDP already distributed the model; DDP would wrap it a second time
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     step, samples_seen = 0, 0
     if resume_from is not None:
         step, samples_seen = restore(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, cfg)
@@ -217,7 +220,7 @@ def load_backbone(cfg: Config, accelerator, cached: bool):
     return load_model(cfg.model, dtype=weight_dtype, device=accelerator.device, components=components)
 
 
-def build_model_and_optimizer(cfg: Config, spec, comps):
+def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
     from reelora.models.lora import attach_lora
 
     transformer = comps.transformer
@@ -227,8 +230,9 @@ def build_model_and_optimizer(cfg: Config, spec, comps):
                     dropout=cfg.lora.dropout, init=cfg.lora.init, seed=cfg.train.seed)
     except ValueError as exc:
         raise ConfigError(f"config key 'lora.target_modules': {exc}") from exc
-    if cfg.train.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+    # Before the optimizer is built: under FSDP it must hold the sharded parameters.
+    mesh = parallel.data_parallel_mesh(accelerator) if parallel.sharded(cfg, accelerator) else None
+    parallel.parallelize(transformer, spec, cfg, mesh)
     transformer.train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
@@ -263,7 +267,7 @@ def lr_factor(cfg: Config, step: int) -> float:
 def restore(path: Path, transformer, optimizer, scheduler, cfg: Config) -> tuple[int, int]:
     from reelora.models.lora import load_lora_state_dict
 
-    lora, state = checkpoint.load(path, optimizer)
+    lora, state = checkpoint.load(path, parallel.loadable_optimizer(transformer, optimizer))
     try:
         load_lora_state_dict(transformer, lora)
     except ValueError as exc:
@@ -328,13 +332,13 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def save_checkpoint(cfg, accelerator, model, optimizer, scheduler, step: int, samples_seen: int) -> None:
-    from reelora.models.lora import lora_state_dict
-
+    model = accelerator.unwrap_model(model)
+    # Every rank joins the gather (FSDP); the main process gets the full LoRA and optimizer state and writes.
+    lora, optimizer_state = parallel.full_lora_state_dict(model), parallel.full_optimizer_state_dict(model, optimizer)
     if accelerator.is_main_process:
         state = {"samples_seen": samples_seen, "scheduler": scheduler.state_dict(),
                  "world_size": accelerator.num_processes, "config": resume_config(cfg)}
-        checkpoint.save(cfg.train.output_dir, step, lora_state_dict(accelerator.unwrap_model(model)), optimizer,
-                        state, cfg.train.keep_last)
+        checkpoint.save(cfg.train.output_dir, step, lora, optimizer_state, state, cfg.train.keep_last)
     accelerator.wait_for_everyone()
 
 
@@ -363,9 +367,12 @@ class GracefulStop:
 def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, step: int) -> None:
     """OUTPUT/adapter/: diffusers + ComfyUI safetensors with lineage, and a model card (main process)."""
     from reelora import __version__
-    from reelora.models.lora import lora_state_dict, save_adapter
+    from reelora.models.lora import save_adapter
 
-    check_replicas(cfg, accelerator, lora_state_dict(accelerator.unwrap_model(model)))
+    model = accelerator.unwrap_model(model)
+    sd = parallel.full_lora_state_dict(model)  # every rank joins the gather under FSDP
+    if not parallel.is_sharded(model):  # FSDP keeps one sharded copy: there are no replicas to compare
+        check_replicas(cfg, accelerator, sd)
     if accelerator.is_main_process:
         shards = data["shards"]
         lineage = {
@@ -374,7 +381,7 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
             "num_clips": len(shards.clips), "step": step, "config": cfg.to_dict(), "reelora_version": __version__,
         }
         targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
-        save_adapter(Path(cfg.train.output_dir) / "adapter", lora_state_dict(accelerator.unwrap_model(model)),
+        save_adapter(Path(cfg.train.output_dir) / "adapter", sd,
                      rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=targets, family=spec.family, lineage=lineage)
     accelerator.wait_for_everyone()
 
