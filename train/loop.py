@@ -283,9 +283,9 @@ def restore(path: Path, transformer, optimizer, scheduler, cfg: Config) -> tuple
 
 
 # Keys that may change on resume without changing what is trained: how long, where, how it is logged,
-# validated and checkpointed, how many loader workers.
+# validated and checkpointed, how many loader workers, how processes share the model (same checkpoint files).
 RESUME_FREE = ("train.resume", "train.max_steps", "train.output_dir", "train.checkpoint_every", "train.keep_last",
-               "data.num_workers", "log.", "validation.")
+               "train.parallel", "train.fsdp_reshard_after_forward", "data.num_workers", "log.", "validation.")
 # Keys whose change makes the resumed run a different model: refused.
 RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules")
 

@@ -29,9 +29,8 @@ def parallelize(transformer: torch.nn.Module, spec, cfg, mesh=None) -> None:
     """Activation checkpointing, then (with a device mesh) FSDP2: each block of `spec.blocks`, then the root.
 
     Each block is one unit of all-gather (forward, backward) and reduce-scatter (its LoRA gradients); the
-    root takes what is left (patch/time/text embeddings, norms, head). Under bf16 the frozen base is already
-    stored in bf16 and the LoRA weights are gathered in it for compute, as autocast would cast them;
-    gradients are reduced in fp32 into the fp32 LoRA shards the optimizer steps.
+    root takes what is left (patch/time/text embeddings, norms, head). Gradients (LoRA only) are reduced in
+    fp32 into the fp32 LoRA shards the optimizer steps.
 
     Args:
         mesh: a 1-D DeviceMesh over the data-parallel processes; None leaves the model unsharded.
@@ -40,11 +39,10 @@ def parallelize(transformer: torch.nn.Module, spec, cfg, mesh=None) -> None:
         transformer.enable_gradient_checkpointing()  # diffusers checkpoints block by block (non-reentrant)
     if mesh is None:
         return
-    from reelora.dtypes import parse_dtype
-
-    mp = cfg.train.mixed_precision
-    policy = MixedPrecisionPolicy(param_dtype=None if mp == "no" else parse_dtype(mp, "train.mixed_precision"),
-                                  reduce_dtype=torch.float32)
+    # No param_dtype: the frozen base is already stored in train.mixed_precision's dtype and the LoRA weights
+    # in fp32, and autocast casts for compute as under DDP. A bf16 param_dtype would also cast the forward
+    # inputs (the timesteps among them) to bf16: on tiny-wan that moved the first loss by 5e-4.
+    policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
     kwargs = dict(mesh=mesh, mp_policy=policy, reshard_after_forward=cfg.train.fsdp_reshard_after_forward)
     for block in getattr(transformer, spec.blocks):
         fully_shard(block, **kwargs)

@@ -13,6 +13,7 @@ import torch
 from reelora.models.spec import Components
 from reelora.data.shards import decode_frames
 from reelora.train.batches import mix_seed
+from reelora.train.parallel import sharded
 from reelora.train.step import sigma_quantile
 
 
@@ -42,7 +43,7 @@ class Validator:
         acc, v = self.acc, self.cfg.validation
         sigmas = [sigma_quantile(q, self.cfg.train) for q in v.quantiles]
         sums = torch.zeros(len(sigmas) + 1, dtype=torch.float64)
-        for i in range(acc.process_index, len(self.clips), acc.num_processes):
+        for i in self._share(len(self.clips)):  # under FSDP every rank runs every clip: sums and count scale alike
             clip = self.clips[i]
             latents, text = self._inputs(clip)
             g = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, "validation", clip.key))
@@ -88,7 +89,7 @@ class Validator:
                            scheduler=self.comps.scheduler, revision=self.comps.revision, extra=self.comps.extra)
         offload = aux is not self.comps
         mine = []
-        for i in range(acc.process_index, len(v.prompts), acc.num_processes):
+        for i in self._share(len(v.prompts)):
             if offload:
                 aux.vae.to(acc.device), aux.text_encoder.to(acc.device)
             pipe = self.spec.pipeline(comps)
@@ -102,11 +103,17 @@ class Validator:
                 aux.vae.to("cpu"), aux.text_encoder.to("cpu")
                 if acc.device.type == "cuda":
                     torch.cuda.empty_cache()
+            if sharded(self.cfg, acc) and not acc.is_main_process:
+                continue  # every rank rendered it (the sharded forward is collective); the main process writes
             path = folder / f"prompt-{i:02d}.mp4"
             media.write_mp4(path, frames, req.fps, provenance={"prompt": req.prompt, "seed": req.seed, "step": step})
             mine.append(str(path))
         paths = gather_object(mine) if acc.num_processes > 1 else mine
         return [Path(p) for p in sorted(paths)]
+
+    def _share(self, n: int) -> range:
+        """Indices of this rank's clips or prompts: every world-th, or all of them when the model is sharded."""
+        return range(n) if sharded(self.cfg, self.acc) else range(self.acc.process_index, n, self.acc.num_processes)
 
     def _aux_components(self) -> Components:
         if self.comps.vae is not None and self.comps.text_encoder is not None:
