@@ -11,6 +11,8 @@ accelerate's own FSDP plugin is not used, so nothing wraps the model twice.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
@@ -43,6 +45,9 @@ def parallelize(transformer: torch.nn.Module, spec, cfg, mesh=None) -> None:
     # in fp32, and autocast casts for compute as under DDP. A bf16 param_dtype would also cast the forward
     # inputs (the timesteps among them) to bf16: on tiny-wan that moved the first loss by 5e-4.
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
+    # The root returns a reshaped view of its output; the specs' losses only read it (no in-place op that
+    # would skip FSDP's pre-backward hook), so the per-process warning about it is noise.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     kwargs = dict(mesh=mesh, mp_policy=policy, reshard_after_forward=cfg.train.fsdp_reshard_after_forward)
     for block in getattr(transformer, spec.blocks):
         fully_shard(block, **kwargs)
