@@ -46,6 +46,7 @@ def run(cfg: Config) -> int:
 
 def _run(cfg: Config, accelerator) -> int:
     out = Path(cfg.train.output_dir)
+    parallel.check_launch(accelerator)
     cfg = with_family_defaults(cfg)
     resume_from = resolve_resume(cfg)  # config/data problems surface before any model loads
     if accelerator.is_main_process:  # a save cut short (crash, full disk) left a temporary folder behind

@@ -22,6 +22,23 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
+def check_launch(accelerator) -> None:
+    """Refuse accelerate's FSDP and DeepSpeed plugins: reelora shards the model itself (train.parallel=fsdp),
+    and its checkpoints, export and non-finite guard are written for plain processes (MULTI_GPU/MULTI_CPU).
+
+    Raises:
+        ConfigError: naming the launch's distributed_type and what to launch with instead.
+    """
+    from accelerate.utils import DistributedType
+
+    from reelora.train.config import ConfigError
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(f"accelerate launched with distributed_type {accelerator.distributed_type.value}, which "
+                          f"reelora does not use: launch with --multi_gpu (configs/accelerate/multi-gpu-ddp.yaml or "
+                          f"fsdp.yaml) and set config key 'train.parallel' to ddp or fsdp")
+
+
 def sharded(cfg, accelerator) -> bool:
     """Whether this run shards the transformer (train.parallel=fsdp with more than one process)."""
     return cfg.train.parallel == "fsdp" and accelerator.num_processes > 1

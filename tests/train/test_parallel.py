@@ -153,3 +153,25 @@ def test_parallelize_on_one_process_shards_blocks_and_root_and_gathers_full_stat
             assert torch.equal(fresh.state[p]["exp_avg_sq"].full_tensor(), opt.state[p]["exp_avg_sq"].full_tensor())
     finally:
         dist.destroy_process_group()
+
+
+def test_accelerate_fsdp_and_deepspeed_plugins_are_refused_naming_what_to_launch():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from reelora.train.config import ConfigError
+    from reelora.train.parallel import check_launch
+
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ConfigError, match="--multi_gpu .*train.parallel"):
+            check_launch(SimpleNamespace(distributed_type=kind))
+    check_launch(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
+
+
+def test_fsdp_refuses_fp16_naming_the_key():
+    from reelora.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.parallel"):
+        load_config(ROOT / "configs" / "tiny-wan.yaml", ["train.parallel=fsdp", "train.mixed_precision=fp16"])
+    assert load_config(ROOT / "configs" / "tiny-wan.yaml", ["train.parallel=fsdp", "train.mixed_precision=bf16"])
