@@ -111,7 +111,7 @@ class LTXSpec:
 
         noisy, target = flow_match_noise(latents, noise, sigmas)
         b, _, f, h, w = latents.shape
-        cfg = transformer.config
+        cfg = getattr(transformer, "module", transformer).config  # DDP's wrapper has no .config
         packed = LTXPipeline._pack_latents(noisy, cfg.patch_size, cfg.patch_size_t)
         dtype = next(transformer.parameters()).dtype
         # The VAE compression ratios enter LTX's RoPE (as in LTXPipeline); recorded when loaded.

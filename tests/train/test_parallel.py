@@ -175,3 +175,14 @@ def test_fsdp_refuses_fp16_naming_the_key():
     with pytest.raises(ConfigError, match="train.parallel"):
         load_config(ROOT / "configs" / "tiny-wan.yaml", ["train.parallel=fsdp", "train.mixed_precision=fp16"])
     assert load_config(ROOT / "configs" / "tiny-wan.yaml", ["train.parallel=fsdp", "train.mixed_precision=bf16"])
+
+
+@pytest.mark.slow
+def test_tiny_ltx_trains_under_fsdp_as_under_ddp(tmp_path, shards):
+    # LTX keeps its blocks in `transformer_blocks` (spec.blocks); no cache: each rank encodes its clips.
+    args = ("model=tiny-ltx", "train.max_steps=2", "train.checkpoint_every=0", "train.batch_size=1")
+    launch(29625, *cfg_args(tmp_path / "ddp", shards, None, *args))
+    launch(29626, *cfg_args(tmp_path / "fsdp", shards, None, *args, "train.parallel=fsdp"))
+    assert losses(tmp_path / "fsdp") == losses(tmp_path / "ddp")
+    a, b = adapter(tmp_path / "fsdp"), adapter(tmp_path / "ddp")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
