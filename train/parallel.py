@@ -11,6 +11,7 @@ accelerate's own FSDP plugin is not used, so nothing wraps the model twice.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -69,6 +70,24 @@ def parallelize(transformer: torch.nn.Module, spec, cfg, mesh=None) -> None:
     for block in getattr(transformer, spec.blocks):
         fully_shard(block, **kwargs)
     fully_shard(transformer, **kwargs)
+
+
+@contextlib.contextmanager
+def no_sync(accelerator, model: torch.nn.Module):
+    """Accumulate this micro-batch's gradients locally; the last micro-batch of the step reduces them once.
+
+    DDP: `accelerator.no_sync`. FSDP2: `set_requires_gradient_sync(False)`, which also sums the micro-batches
+    before the reduce-scatter as DDP does before its all-reduce (same bits as DDP with 2 processes).
+    """
+    if not is_sharded(model):
+        with accelerator.no_sync(model):
+            yield
+        return
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def data_parallel_mesh(accelerator):

@@ -1,9 +1,10 @@
 """train.parallel=fsdp: FSDP2 over 2 processes (gloo on CPU) trains like DDP, exports full adapters, resumes exactly.
 
 The launches mirror test_faults_ddp.py (`accelerate launch --multi_gpu`, which makes the process group;
-train/parallel.py shards). With 2 processes a gradient sum a + b is the same in any order, so FSDP's
-reduce-scatter and DDP's all-reduce give the same bits: FSDP losses and adapters equal DDP's exactly
-(with clipping engaged the norms differ in the last bit and adapters by ~3e-8, measured, not asserted here).
+train/parallel.py shards). With 2 processes a gradient sum a + b is the same in any order, and both sum the
+micro-batches locally before reducing (no_sync), so FSDP's reduce-scatter and DDP's all-reduce give the same
+bits: FSDP losses and adapters equal DDP's exactly. (When clipping engages, the global norm is summed in
+another order and differs in the last bit: adapters ~3e-8 apart after 4 steps, measured, not asserted here.)
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from safetensors.torch import load_file
 from tests.train.conftest import DETERMINISTIC_ENV, cfg_args, tiny_cfg
 
 ROOT = Path(__file__).parents[2]
-ARGS = ("train.max_steps=6", "train.checkpoint_every=3", "optim.schedule=constant", "train.batch_size=1")
+ARGS = ("train.max_steps=6", "train.checkpoint_every=3", "optim.schedule=constant", "train.batch_size=1", "train.grad_accum=2")
 
 
 def launch(port: int, *args, timeout=300):
