@@ -187,3 +187,42 @@ def test_tiny_ltx_trains_under_fsdp_as_under_ddp(tmp_path, shards):
     assert losses(tmp_path / "fsdp") == losses(tmp_path / "ddp")
     a, b = adapter(tmp_path / "fsdp"), adapter(tmp_path / "ddp")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+POISON = '''
+import os, runpy, sys
+from reelora.models.wan import WanSpec
+
+real, calls = WanSpec.forward, [0]
+
+
+def forward(self, *args):
+    calls[0] += 1
+    pred, target = real(self, *args)
+    if calls[0] == 2 and os.environ["RANK"] == "1":  # step 2, on rank 1 only
+        pred = pred * float("nan")
+    return pred, target
+
+
+WanSpec.forward = forward
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+@pytest.mark.slow
+def test_fsdp_nonfinite_loss_on_one_rank_stops_every_rank_before_the_optimizer_step(tmp_path, shards, cache):
+    import os
+
+    script = tmp_path / "poisoned.py"
+    script.write_text(POISON)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29627",
+           str(script), str(ROOT / "train.py"),
+           *cfg_args(out, shards, cache, "train.max_steps=4", "train.checkpoint_every=1", "train.parallel=fsdp")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **DETERMINISTIC_ENV})
+    assert r.returncode != 0
+    assert "[rank 1] error: non-finite loss at step 2 (clip keys on rank 1:" in r.stderr, r.stderr[-3000:]
+    assert "[rank 0] error: non-finite loss at step 2 (on another rank)" in r.stderr, r.stderr[-3000:]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000001"] and not (out / "adapter").exists()
