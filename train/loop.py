@@ -218,7 +218,15 @@ def load_backbone(cfg: Config, accelerator, cached: bool):
     mp = cfg.train.mixed_precision
     weight_dtype = parse_dtype("fp32" if mp == "no" else mp, "train.mixed_precision")
     components = ("transformer", "scheduler") if cached else ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-    return load_model(cfg.model, dtype=weight_dtype, device=accelerator.device, components=components)
+    if not parallel.sharded(cfg, accelerator):
+        return load_model(cfg.model, dtype=weight_dtype, device=accelerator.device, components=components)
+    # FSDP: the transformer stays in CPU memory (where loading puts it anyway); fully_shard moves it to the
+    # device one block at a time and keeps this process's shard of each, so no GPU holds the whole base.
+    spec, comps = load_model(cfg.model, dtype=weight_dtype, device="cpu", components=components)
+    for m in (comps.vae, comps.text_encoder):
+        if m is not None:
+            m.to(accelerator.device)
+    return spec, comps
 
 
 def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
