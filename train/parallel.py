@@ -15,12 +15,8 @@ import contextlib
 import warnings
 
 import torch
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-# Full tensors, gathered to rank 0's CPU memory (other ranks get {}); the frozen base is never gathered.
-_GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+# torch.distributed.checkpoint is imported where used: it costs ~0.7 s, and most runs are DDP or one process.
 
 
 def check_launch(accelerator) -> None:
@@ -59,6 +55,8 @@ def parallelize(transformer: torch.nn.Module, spec, cfg, mesh=None) -> None:
         transformer.enable_gradient_checkpointing()  # diffusers checkpoints block by block (non-reentrant)
     if mesh is None:
         return
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     # No param_dtype: the frozen base is already stored in train.mixed_precision's dtype and the LoRA weights
     # in fp32, and autocast casts for compute as under DDP. A bf16 param_dtype would also cast the forward
     # inputs (the timesteps among them) to bf16: on tiny-wan that moved the first loss by 5e-4.
@@ -98,7 +96,16 @@ def data_parallel_mesh(accelerator):
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
     return isinstance(model, FSDPModule)
+
+
+def _gather_options():
+    """Full tensors, gathered to rank 0's CPU memory (other ranks get {}); the frozen base is never gathered."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,7 +120,9 @@ def full_lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
     if not is_sharded(model):
         return lora_state_dict(model)
-    sd = get_model_state_dict(model, options=_GATHER)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    sd = get_model_state_dict(model, options=_gather_options())
     return get_peft_model_state_dict(model, state_dict=sd) if sd else {}
 
 
@@ -122,7 +131,9 @@ def full_optimizer_state_dict(model: torch.nn.Module, optimizer) -> dict:
     opt = _unwrap(optimizer)
     if not is_sharded(model):
         return opt.state_dict()
-    sd = get_optimizer_state_dict(model, opt, options=_GATHER)  # keyed by parameter name
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(model, opt, options=_gather_options())  # keyed by parameter name
     if not sd:
         return {}
     index = {name: i for i, name in enumerate(n for g in sd["param_groups"] for n in g["params"])}
@@ -144,6 +155,8 @@ class _ShardedOptimizer:
         return self.optimizer.state_dict()  # the parameter layout checkpoint.load compares against
 
     def load_state_dict(self, sd: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
         names = {id(p): n for n, p in self.model.named_parameters()}
         order = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
         by_name = {"state": {order[i]: s for i, s in sd["state"].items()},

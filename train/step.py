@@ -27,7 +27,7 @@ class StepContext:
     accelerator: object
     spec: object
     comps: object  # Components; VAE/text encoder present only when training without a cache
-    model: torch.nn.Module  # the (DDP-wrapped) transformer with LoRA
+    model: torch.nn.Module  # the transformer with LoRA: DDP-wrapped, or sharded in place by FSDP
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: list[torch.nn.Parameter]
