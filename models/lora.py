@@ -78,6 +78,8 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_lora_state_dict(transformer: torch.nn.Module, sd: dict[str, torch.Tensor], adapter_name: str = "default") -> None:
     """Copy `sd` (names as from `lora_state_dict`) into the attached adapter exactly; every key must match."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
     params = {}
     suffix = f".{adapter_name}.weight"
     for name, p in transformer.named_parameters():
@@ -90,7 +92,10 @@ def load_lora_state_dict(transformer: torch.nn.Module, sd: dict[str, torch.Tenso
         for k, p in params.items():
             if p.shape != sd[k].shape:
                 raise ValueError(f"LoRA weight {k}: shape {tuple(sd[k].shape)} != adapter's {tuple(p.shape)}")
-            p.copy_(sd[k])
+            value = sd[k]
+            if isinstance(p, DTensor):  # sharded by FSDP: every rank holds the full tensor and keeps its own shard
+                value = distribute_tensor(value.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+            p.copy_(value)
 
 
 def adapter_metadata(rank: int, alpha: float, target_modules) -> dict:

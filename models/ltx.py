@@ -39,6 +39,8 @@ class LTXSpec:
     tiny_sample_defaults: ClassVar[SampleSettings] = SampleSettings(num_frames=9, height=32, width=32, steps=4, guidance=3.0, fps=8.0)
     size_multiple: ClassVar[int] = 32
     """Height/width multiple LTXPipeline.check_inputs insists on."""
+    blocks: ClassVar[str] = "transformer_blocks"
+    """The transformer's ModuleList of blocks (FSDP shards block by block, train/parallel.py)."""
     flow_shift: ClassVar[float] = 1.0
     """Shift of the tiny scheduler (FlowMatchEulerDiscreteScheduler's default); released LTX checkpoints
     shift by resolution through their own scheduler config."""
@@ -109,7 +111,7 @@ class LTXSpec:
 
         noisy, target = flow_match_noise(latents, noise, sigmas)
         b, _, f, h, w = latents.shape
-        cfg = transformer.config
+        cfg = getattr(transformer, "module", transformer).config  # DDP's wrapper has no .config
         packed = LTXPipeline._pack_latents(noisy, cfg.patch_size, cfg.patch_size_t)
         dtype = next(transformer.parameters()).dtype
         # The VAE compression ratios enter LTX's RoPE (as in LTXPipeline); recorded when loaded.

@@ -56,6 +56,8 @@ class ModelSpec(Protocol):
     """Sampling settings for the built-in `tiny-<family>` backbone (every field set)."""
     size_multiple: int
     """Height and width must be multiples of this (the pipeline's check_inputs)."""
+    blocks: str
+    """Attribute of the transformer holding its ModuleList of blocks (the unit FSDP shards and gathers)."""
     flow_shift: float
     """Timestep shift of the family's flow-matching scheduler (and of training sigmas that match it)."""
 

@@ -38,6 +38,8 @@ class WanSpec:
     tiny_sample_defaults: ClassVar[SampleSettings] = SampleSettings(num_frames=9, height=32, width=32, steps=4, guidance=5.0, fps=8.0)
     size_multiple: ClassVar[int] = 16
     """Height/width multiple WanPipeline.check_inputs insists on."""
+    blocks: ClassVar[str] = "blocks"
+    """The transformer's ModuleList of blocks (FSDP shards block by block, train/parallel.py)."""
     flow_shift: ClassVar[float] = 3.0
     """Timestep shift of Wan's flow-matching scheduler (the 480p checkpoints sample with 3.0)."""
 

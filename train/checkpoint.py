@@ -63,9 +63,11 @@ def latest(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save(output_dir: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def save(output_dir: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | dict,
          state: dict, keep_last: int) -> Path:
     """Write checkpoint `step` to a temporary folder, mark it complete, rename it into place, then rotate.
+
+    `optimizer` may be given as its `state_dict()` (under FSDP: the gathered full state, train/parallel.py).
 
     Raises:
         CheckpointError: a write failed (full disk, permissions...): names the checkpoint folder; the
@@ -137,7 +139,7 @@ def remove_partial(output_dir: str | Path) -> list[Path]:
 
 
 def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = optimizer.state_dict()
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors = {}
     for idx, st in sd["state"].items():
         for name, value in st.items():

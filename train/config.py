@@ -127,6 +127,14 @@ class TrainConfig:
     the LoRA weights stay fp32."""
     gradient_checkpointing: bool = False
     """Recompute transformer block activations in backward to save memory."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes (`accelerate launch --multi_gpu`) share the model: "ddp" keeps a full copy in
+    each and all-reduces the LoRA gradients; "fsdp" shards the frozen base, LoRA weights, gradients and
+    optimizer state across them with FSDP2 (`fully_shard` per transformer block, see train/parallel.py), for
+    backbones whose weights do not fit one GPU. A single process ignores it."""
+    fsdp_reshard_after_forward: bool = True
+    """train.parallel=fsdp: free each block's gathered weights after its forward and gather them again for
+    backward (less memory, more communication); false keeps them gathered from forward to backward."""
     seed: int = 0
     """Seed for LoRA init, data order, and the per-step noise/timestep/caption-dropout generators."""
     timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
@@ -157,6 +165,8 @@ class TrainConfig:
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm", f"must be > 0 or null, got {self.max_grad_norm}")
         _check(self.logit_std > 0, "train.logit_std", f"must be > 0, got {self.logit_std}")
         _check(self.flow_shift is None or self.flow_shift > 0, "train.flow_shift", f"must be > 0, got {self.flow_shift}")
+        _check(self.parallel != "fsdp" or self.mixed_precision != "fp16", "train.parallel",
+               "fsdp runs with train.mixed_precision no or bf16 (fp16 needs a sharded gradient scaler)")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _check(self.keep_last >= 1, "train.keep_last", f"must be >= 1, got {self.keep_last}")
         _check(bool(self.output_dir), "train.output_dir", "must not be empty")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from reelora.data.shards import ShardError, ShardSet
-from reelora.train import checkpoint
+from reelora.train import checkpoint, parallel
 from reelora.train.config import Config, ConfigError
 from reelora.train.batches import ClipDataset, DataError, StreamBatches, batches
 from reelora.train.step import NonFiniteError, StepContext, train_step
@@ -49,6 +49,7 @@ def run(cfg: Config) -> int:
 
 def _run(cfg: Config, accelerator) -> int:
     out = Path(cfg.train.output_dir)
+    parallel.check_launch(accelerator)
     cfg = with_family_defaults(cfg)
     resume_from = resolve_resume(cfg)  # config/data problems surface before any model loads
     if accelerator.is_main_process:  # a save cut short (crash, full disk) left a temporary folder behind
@@ -57,8 +58,11 @@ def _run(cfg: Config, accelerator) -> int:
     val_clips = open_validation_clips(cfg, data)
 
     spec, comps = load_backbone(cfg, accelerator, cached=data["cache"] is not None)
-    model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps, accelerator)
+    if parallel.is_sharded(model):  # FSDP already distributed the model; DDP would wrap it a second time
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     step, samples_seen = 0, 0
     if resume_from is not None:
         step, samples_seen = restore(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, cfg)
@@ -219,10 +223,18 @@ def load_backbone(cfg: Config, accelerator, cached: bool):
     mp = cfg.train.mixed_precision
     weight_dtype = parse_dtype("fp32" if mp == "no" else mp, "train.mixed_precision")
     components = ("transformer", "scheduler") if cached else ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-    return load_model(cfg.model, dtype=weight_dtype, device=accelerator.device, components=components)
+    if not parallel.sharded(cfg, accelerator):
+        return load_model(cfg.model, dtype=weight_dtype, device=accelerator.device, components=components)
+    # FSDP: the transformer stays in CPU memory (where loading puts it anyway); fully_shard moves it to the
+    # device one block at a time and keeps this process's shard of each, so no GPU holds the whole base.
+    spec, comps = load_model(cfg.model, dtype=weight_dtype, device="cpu", components=components)
+    for m in (comps.vae, comps.text_encoder):
+        if m is not None:
+            m.to(accelerator.device)
+    return spec, comps
 
 
-def build_model_and_optimizer(cfg: Config, spec, comps):
+def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
     from reelora.models.lora import attach_lora
 
     transformer = comps.transformer
@@ -232,8 +244,9 @@ def build_model_and_optimizer(cfg: Config, spec, comps):
                     dropout=cfg.lora.dropout, init=cfg.lora.init, seed=cfg.train.seed)
     except ValueError as exc:
         raise ConfigError(f"config key 'lora.target_modules': {exc}") from exc
-    if cfg.train.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+    # Before the optimizer is built: under FSDP it must hold the sharded parameters.
+    mesh = parallel.data_parallel_mesh(accelerator) if parallel.sharded(cfg, accelerator) else None
+    parallel.parallelize(transformer, spec, cfg, mesh)
     transformer.train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
@@ -268,7 +281,7 @@ def lr_factor(cfg: Config, step: int) -> float:
 def restore(path: Path, transformer, optimizer, scheduler, cfg: Config) -> tuple[int, int]:
     from reelora.models.lora import load_lora_state_dict
 
-    lora, state = checkpoint.load(path, optimizer)
+    lora, state = checkpoint.load(path, parallel.loadable_optimizer(transformer, optimizer))
     try:
         load_lora_state_dict(transformer, lora)
     except ValueError as exc:
@@ -284,9 +297,9 @@ def restore(path: Path, transformer, optimizer, scheduler, cfg: Config) -> tuple
 
 
 # Keys that may change on resume without changing what is trained: how long, where, how it is logged,
-# validated and checkpointed, how many loader workers.
+# validated and checkpointed, how many loader workers, how processes share the model (same checkpoint files).
 RESUME_FREE = ("train.resume", "train.max_steps", "train.output_dir", "train.checkpoint_every", "train.keep_last",
-               "data.num_workers", "log.", "validation.")
+               "train.parallel", "train.fsdp_reshard_after_forward", "data.num_workers", "log.", "validation.")
 # Keys whose change makes the resumed run a different model: refused.
 RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules")
 
@@ -333,15 +346,15 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def save_checkpoint(cfg, accelerator, model, optimizer, scheduler, step: int, samples_seen: int) -> None:
-    from reelora.models.lora import lora_state_dict
-
+    model = accelerator.unwrap_model(model)
+    # Every rank joins the gather (FSDP); the main process gets the full LoRA and optimizer state and writes.
+    lora, optimizer_state = parallel.full_lora_state_dict(model), parallel.full_optimizer_state_dict(model, optimizer)
     message = None
     if accelerator.is_main_process:
         state = {"samples_seen": samples_seen, "scheduler": scheduler.state_dict(),
                  "world_size": accelerator.num_processes, "config": resume_config(cfg)}
         try:
-            checkpoint.save(cfg.train.output_dir, step, lora_state_dict(accelerator.unwrap_model(model)), optimizer,
-                            state, cfg.train.keep_last)
+            checkpoint.save(cfg.train.output_dir, step, lora, optimizer_state, state, cfg.train.keep_last)
         except checkpoint.CheckpointError as exc:  # full disk etc.: the save cleaned up after itself
             message = str(exc)
     fail_on_every_rank(accelerator, message)
@@ -404,9 +417,13 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
     from safetensors import SafetensorError
 
     from reelora import __version__
-    from reelora.models.lora import lora_state_dict, save_adapter
+    from reelora.models.lora import save_adapter
 
-    message = check_replicas(cfg, accelerator, lora_state_dict(accelerator.unwrap_model(model)))
+    model = accelerator.unwrap_model(model)
+    sd = parallel.full_lora_state_dict(model)  # every rank joins the gather under FSDP
+    message = None
+    if not parallel.is_sharded(model):  # FSDP keeps one sharded copy: there are no replicas to compare
+        message = check_replicas(cfg, accelerator, sd)
     if accelerator.is_main_process and message is None:
         shards = data["shards"]
         lineage = {
@@ -417,7 +434,7 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
         targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
         folder = Path(cfg.train.output_dir) / "adapter"
         try:  # each file is written atomically: a failure leaves the old file or none, never a torn one
-            save_adapter(folder, lora_state_dict(accelerator.unwrap_model(model)), rank=cfg.lora.rank,
+            save_adapter(folder, sd, rank=cfg.lora.rank,
                          alpha=cfg.lora.alpha, target_modules=targets, family=spec.family, lineage=lineage)
         except (OSError, SafetensorError) as exc:
             message = checkpoint.write_error(folder, exc, "the adapter to") + f" (the last checkpoint of step {step} is complete)"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from reelora.train.batches import mix_seed
+from reelora.train.parallel import no_sync
 
 
 class NonFiniteError(RuntimeError):
@@ -26,7 +27,7 @@ class StepContext:
     accelerator: object
     spec: object
     comps: object  # Components; VAE/text encoder present only when training without a cache
-    model: torch.nn.Module  # the (DDP-wrapped) transformer with LoRA
+    model: torch.nn.Module  # the transformer with LoRA: DDP-wrapped, or sharded in place by FSDP
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: list[torch.nn.Parameter]
@@ -100,8 +101,8 @@ def train_step(ctx: StepContext, micro_batches: list[dict], step: int) -> dict:
     total, bad_keys = 0.0, []
     for micro, batch in enumerate(micro_batches):
         last = micro == len(micro_batches) - 1
-        # Skip the DDP gradient all-reduce until the last micro-batch of the step.
-        with acc.no_sync(ctx.model) if not last else _nullcontext():
+        # Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) until the last micro-batch of the step.
+        with no_sync(acc, ctx.model) if not last else _nullcontext():
             per_sample = micro_loss(ctx, batch, step, micro)
             loss = per_sample.mean()
             acc.backward(loss / len(micro_batches))

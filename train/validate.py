@@ -15,6 +15,7 @@ import torch
 from reelora.models.spec import Components
 from reelora.data.shards import decode_frames
 from reelora.train.batches import mix_seed
+from reelora.train.parallel import sharded
 from reelora.train.step import sigma_quantile
 
 
@@ -44,7 +45,7 @@ class Validator:
         acc, v = self.acc, self.cfg.validation
         sigmas = [sigma_quantile(q, self.cfg.train) for q in v.quantiles]
         sums = torch.zeros(len(sigmas) + 1, dtype=torch.float64)
-        for i in range(acc.process_index, len(self.clips), acc.num_processes):
+        for i in self._share(len(self.clips)):  # under FSDP every rank runs every clip: sums and count scale alike
             clip = self.clips[i]
             latents, text = self._inputs(clip)
             g = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, "validation", clip.key))
@@ -89,7 +90,7 @@ class Validator:
                            vae=aux.vae, text_encoder=aux.text_encoder, tokenizer=aux.tokenizer,
                            scheduler=self.comps.scheduler, revision=self.comps.revision, extra=self.comps.extra)
         offload = aux is not self.comps
-        mine_prompts = range(acc.process_index, len(v.prompts), acc.num_processes)
+        mine_prompts = self._share(len(v.prompts))
         mine = []
         if offload and len(mine_prompts):
             aux.vae.to(acc.device), aux.text_encoder.to(acc.device)
@@ -107,6 +108,8 @@ class Validator:
                     print(f"[rank {acc.process_index}] warning: validation sample {i} ({req.prompt[:40]!r}) at step "
                           f"{step}: {exc}; not written", file=sys.stderr, flush=True)
                     continue
+                if sharded(self.cfg, acc) and not acc.is_main_process:
+                    continue  # every rank rendered it (the sharded forward is collective); the main process writes
                 path = folder / f"prompt-{i:02d}.mp4"
                 media.write_mp4(path, frames, req.fps, provenance={"prompt": req.prompt, "seed": req.seed, "step": step})
                 mine.append(str(path))
@@ -117,6 +120,10 @@ class Validator:
                     torch.cuda.empty_cache()
         paths = gather_object(mine) if acc.num_processes > 1 else mine
         return [Path(p) for p in sorted(paths)]
+
+    def _share(self, n: int) -> range:
+        """Indices of this rank's clips or prompts: every world-th, or all of them when the model is sharded."""
+        return range(n) if sharded(self.cfg, self.acc) else range(self.acc.process_index, n, self.acc.num_processes)
 
     def _aux_components(self) -> Components:
         if self.comps.vae is not None and self.comps.text_encoder is not None:
