@@ -116,7 +116,9 @@ def test_ddp_two_processes_identical_replicas_and_exact_resume(tmp_path, shards,
     cut = tmp_path / "cut"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29615", str(ROOT / "train.py"), *cfg_args(cut, shards, cache, *args)]
+           "--main_process_port", "29615", str(ROOT / "train.py"),
+           *cfg_args(cut, shards, cache, *args, "train.checkpoint_every=100", "train.max_steps=40")]
+    # (constant LR: max_steps changes only where the run ends; 40 leaves the signal time to land mid-run)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **DETERMINISTIC_ENV})
     deadline = time.time() + 200
@@ -124,11 +126,12 @@ def test_ddp_two_processes_identical_replicas_and_exact_resume(tmp_path, shards,
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=200)
-    assert proc.returncode != 0  # torch's launcher reports a signal as exit 1 (README: "Exit codes")
+    assert proc.returncode != 0, err[-2000:]  # torch's launcher reports a signal as exit 1 (README: "Exit codes")
+    assert (cut / "stopped.json").is_file(), err[-2000:]
     stopped = json.loads((cut / "stopped.json").read_text())
-    assert stopped["exit_code"] == 143 and 1 <= stopped["step"] < 4, err[-2000:]
-    assert [p.name for p in (cut / "checkpoints").iterdir()] == [f"step-{stopped['step']:06d}"]
-    assert steps_logged(cut) == stopped["step"] and not (cut / "adapter").exists()
+    assert stopped["exit_code"] == 143 and 1 <= stopped["step"] < 4, (stopped, err[-2000:])
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == [f"step-{stopped['step']:06d}"], err[-2000:]
+    assert steps_logged(cut) == stopped["step"] and not (cut / "adapter").exists(), err[-2000:]
     r = accelerate_ddp(29616, *cfg_args(cut, shards, cache, *args, "train.resume=latest"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (cut / "stopped.json").exists()
