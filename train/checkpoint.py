@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -84,9 +85,10 @@ def save(output_dir: str | Path, step: int, lora: dict[str, torch.Tensor], optim
             shutil.rmtree(tmp)
         tmp.mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
-        opt_tensors, opt_groups = _flatten_optimizer(optimizer)
+        opt_tensors, opt_scalars, opt_groups = _flatten_optimizer(optimizer)
         save_file(opt_tensors, tmp / "optimizer.safetensors")
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer_param_groups": opt_groups}, indent=2))
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer_param_groups": opt_groups,
+                                                    "optimizer_scalars": opt_scalars}, indent=2))
         (tmp / MARKER).write_text("ok\n")
         _fsync_dir(tmp)
         if final.exists():  # an older run's same-step folder (e.g. after a crash right after rename): replace it
@@ -116,7 +118,7 @@ def load(path: str | Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, 
         opt_tensors = load_file(path / "optimizer.safetensors")
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
-    _restore_optimizer(optimizer, opt_tensors, state.pop("optimizer_param_groups"), path)
+    _restore_optimizer(optimizer, opt_tensors, state.pop("optimizer_scalars", {}), state.pop("optimizer_param_groups"), path)
     return lora, state
 
 
@@ -138,22 +140,41 @@ def remove_partial(output_dir: str | Path) -> list[Path]:
     return gone
 
 
-def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[dict]]:
+    """Optimizer state as safetensors tensors plus JSON scalars, keyed "<param index>.<name>[/<sub>...]".
+
+    Nested dicts (bitsandbytes keeps its 8-bit state under one) become "/"-joined names; Python scalars (its
+    int step) stay scalars in JSON, so they come back with their type.
+    """
     sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
-    tensors = {}
+    tensors, scalars = {}, {}
+
+    def put(key: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                put(f"{key}/{k}", v)
+        elif torch.is_tensor(value):
+            tensors[key] = value.detach().cpu().contiguous()
+        else:
+            scalars[key] = value
+
     for idx, st in sd["state"].items():
         for name, value in st.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"{idx}.{name}"] = t.detach().cpu().contiguous()
+            put(f"{idx}.{name}", value)
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, groups
+    return tensors, scalars, groups
 
 
-def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], groups: list[dict], path: Path) -> None:
+def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], scalars: dict[str, Any], groups: list[dict],
+                       path: Path) -> None:
     state: dict[int, dict] = {}
-    for key, value in tensors.items():
+    for key, value in [*tensors.items(), *scalars.items()]:
         idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
+        node = state.setdefault(int(idx), {})
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     current = optimizer.state_dict()["param_groups"]
     if [len(g["params"]) for g in current] != [len(g["params"]) for g in groups]:
         raise CheckpointError(f"{path}: optimizer has a different parameter layout (another lora.rank/target_modules?)")

@@ -261,7 +261,7 @@ def make_optimizer(cfg: Config, params):
         try:
             import bitsandbytes as bnb
         except ImportError as exc:
-            raise ConfigError("config key 'optim.name': adamw8bit needs bitsandbytes (pip install bitsandbytes)") from exc
+            raise ConfigError("config key 'optim.name': adamw8bit needs bitsandbytes (pip install 'reelora[8bit]')") from exc
         return bnb.optim.AdamW8bit(params, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
 

@@ -1,6 +1,7 @@
 """train/checkpoint.py: a save cut short leaves a temporary folder that the next run removes."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from reelora.train import checkpoint
@@ -85,3 +86,30 @@ def test_a_full_disk_at_a_checkpoint_or_export_is_a_clean_error_that_keeps_the_l
     assert run(tiny_cfg(out, shards, cache, *resume)) == 0
     assert (out / "adapter" / "pytorch_lora_weights.safetensors").is_file()
     assert [p.name for p in checkpoint.list_complete(out)] == ["step-000002", "step-000003"]
+
+
+def test_optimizer_state_with_nested_dicts_and_python_scalars_round_trips(tmp_path):
+    """bitsandbytes' AdamW8bit keeps an int step and its 8-bit state in a nested dict: both come back as they were."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([p], lr=0.1)
+    state = {"state": {0: {"step": 7, "__quant__": {"state1": torch.arange(4, dtype=torch.uint8), "absmax1": torch.ones(1)}}},
+             "param_groups": [{**opt.state_dict()["param_groups"][0]}]}
+    ck = checkpoint.save(tmp_path, 1, {"w.lora_A.weight": torch.ones(1)}, state, {"samples_seen": 0}, keep_last=1)
+    fresh = torch.optim.SGD([p], lr=0.1)
+    checkpoint.load(ck, fresh)
+    got = fresh.state_dict()["state"][0]
+    assert got["step"] == 7 and isinstance(got["step"], int)
+    assert torch.equal(got["__quant__"]["state1"], torch.arange(4, dtype=torch.uint8))
+    assert torch.equal(got["__quant__"]["absmax1"], torch.ones(1))
+
+
+def test_adamw8bit_without_bitsandbytes_names_the_key_and_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from reelora.train.config import ConfigError, load_config
+    from reelora.train.loop import make_optimizer
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    cfg = load_config(None, ["optim.name=adamw8bit"])
+    with pytest.raises(ConfigError, match=r"'optim.name': adamw8bit needs bitsandbytes \(pip install 'reelora\[8bit\]'\)"):
+        make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])

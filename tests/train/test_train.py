@@ -211,3 +211,18 @@ def test_exact_resume_as_a_user_runs_it(tmp_path, shards, cache):
     r = plain(*cfg_args(split, shards, cache, *RESUME, "train.resume=latest"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_tensors(adapter(straight), adapter(split))
+
+
+def test_adamw8bit_trains_and_resumes_exactly(tmp_path, shards, cache):
+    """optim.name=adamw8bit (bitsandbytes, the `8bit` extra; its CPU optimizer runs here)."""
+    pytest.importorskip("bitsandbytes")
+    extra = ("optim.name=adamw8bit", "optim.schedule=constant", "train.checkpoint_every=2", "train.max_steps=4")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    r = train_py(*cfg_args(straight, shards, cache, *extra))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert train_py(*cfg_args(split, shards, cache, *extra, "train.max_steps=2")).returncode == 0
+    r = train_py(*cfg_args(split, shards, cache, *extra, "train.resume=latest"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_tensors(adapter(straight), adapter(split))
+    losses = [m["train/loss"] for m in metrics(straight)]
+    assert len(losses) == 4 and all(l == l for l in losses)
