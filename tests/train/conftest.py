@@ -85,14 +85,43 @@ def cache(shards, tmp_path_factory) -> Path:
     return out
 
 
-def train_py(*args, timeout=300, env=None):
-    """Run `python train.py ARGS` in a fresh process with deterministic CPU math."""
+def user_env(**extra: str) -> dict[str, str]:
+    """This process's environment minus the test-only MKL/OMP pins: what a user's plain shell has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "OMP_"))}
+    return {**env, **extra}
+
+
+def train_py(*args, timeout=300, env=None, pinned=True):
+    """Run `python train.py ARGS` in a fresh process.
+
+    env: the whole environment (default: this process's); pinned adds DETERMINISTIC_ENV (golden losses).
+    """
     import subprocess
     import sys
 
     root = Path(__file__).parents[2]
+    env = dict(os.environ if env is None else env)
     return subprocess.run([sys.executable, str(root / "train.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=root, env={**os.environ, **DETERMINISTIC_ENV, **(env or {})})
+                          timeout=timeout, cwd=root, env={**env, **(DETERMINISTIC_ENV if pinned else {})})
+
+
+def launch_cmd(port: int, *args: str) -> list[str]:
+    """`accelerate launch --multi_gpu --num_processes 2 ... ARGS`: the documented multi-process form (DDP/FSDP
+    over gloo here). ARGS is the script and its arguments, or `-m module ...`."""
+    import sys
+
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), *args]
+
+
+def launch(port: int, *args: str, timeout=300, env=None):
+    """Run `launch_cmd` to completion in a user's environment (no test-only env vars)."""
+    import subprocess
+
+    root = Path(__file__).parents[2]
+    return subprocess.run(launch_cmd(port, *args), cwd=root, capture_output=True, text=True, timeout=timeout,
+                          env=user_env(**(env or {})))
 
 
 def cfg_args(out, shards, cache, *extra) -> list[str]:

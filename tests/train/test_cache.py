@@ -149,17 +149,11 @@ def test_a_second_cache_build_into_a_held_folder_is_refused(shards, tmp_path, ca
 @pytest.mark.slow
 def test_cache_under_accelerate_two_processes_equals_one_process(shards, cache, tmp_path):
     """The documented multi-process form: `accelerate launch --multi_gpu --num_processes 2 -m reelora.cli cache ...`."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.train.conftest import DETERMINISTIC_ENV
+    from tests.train.conftest import launch
 
     out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", "29631", "-m", "reelora.cli", "cache", "--shards", str(shards),
-           "--model", "tiny-wan", "--out", str(out), "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **DETERMINISTIC_ENV})
+    r = launch(29631, "-m", "reelora.cli", "cache", "--shards", str(shards), "--model", "tiny-wan", "--out", str(out),
+               "--no-progress")
     assert r.returncode == 0, r.stderr[-3000:]
     [line] = [l for l in r.stdout.splitlines() if l.startswith("{")]  # one summary, from rank 0
     stats = json.loads(line)

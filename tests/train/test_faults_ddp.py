@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.conftest import DETERMINISTIC_ENV, cfg_args, train_py
+from tests.train.conftest import cfg_args, launch, launch_cmd, train_py, user_env
 
 ROOT = Path(__file__).parents[2]
 
@@ -37,7 +36,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path, shards, cac
     args = ("train.max_steps=12", "train.checkpoint_every=100", "optim.schedule=cosine")
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *cfg_args(cut, shards, cache, *args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **DETERMINISTIC_ENV})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user_env())
     deadline = time.time() + 120
     while steps_logged(cut) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -50,18 +49,14 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path, shards, cac
     assert 2 <= stopped_at < 12 and steps_logged(cut) == stopped_at and not (cut / "adapter").exists()
     assert json.loads((cut / "stopped.json").read_text())["step"] == stopped_at
 
-    r = train_py(*cfg_args(cut, shards, cache, *args, "train.resume=latest"))
+    r = train_py(*cfg_args(cut, shards, cache, *args, "train.resume=latest"), env=user_env(), pinned=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert train_py(*cfg_args(straight, shards, cache, *args)).returncode == 0
+    assert train_py(*cfg_args(straight, shards, cache, *args), env=user_env(), pinned=False).returncode == 0
     assert_same(adapter(straight), adapter(cut))
 
 
 def accelerate_ddp(port: int, *args, timeout=300, env=None):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), str(ROOT / "train.py"), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **DETERMINISTIC_ENV, **(env or {})})
+    return launch(port, str(ROOT / "train.py"), *args, timeout=timeout, env=env)
 
 
 # Loaded by every process through PYTHONPATH: the disk is "full" when step 2's checkpoint is written.
@@ -114,13 +109,9 @@ def test_ddp_two_processes_identical_replicas_and_exact_resume(tmp_path, shards,
     # SIGTERM to the launcher (what a scheduler sends): it reaches both ranks, which stop at one step
     # boundary, write one checkpoint and OUTPUT/stopped.json; the resumed run equals the straight one.
     cut = tmp_path / "cut"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29615", str(ROOT / "train.py"),
-           *cfg_args(cut, shards, cache, *args, "train.checkpoint_every=100", "train.max_steps=40")]
+    cmd = launch_cmd(29615, str(ROOT / "train.py"), *cfg_args(cut, shards, cache, *args, "train.checkpoint_every=100", "train.max_steps=40"))
     # (constant LR: max_steps changes only where the run ends; 40 leaves the signal time to land mid-run)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **DETERMINISTIC_ENV})
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user_env())
     deadline = time.time() + 200
     while steps_logged(cut) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 
 from reelora.train.logs import new_run_id, wandb_mode
-from tests.train.conftest import cfg_args, train_py
+from tests.train.conftest import cfg_args, train_py, user_env
 
 
 def test_run_ids_are_wandb_shaped_and_fresh():
@@ -57,11 +56,11 @@ def wandb_history(path) -> list[dict]:
 
 def test_wandb_project_logs_offline_and_a_resume_continues_the_same_run(tmp_path, shards, cache):
     # As a user without a wandb account runs it: no WANDB_MODE, no key, a HOME without .netrc.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env = {k: v for k, v in user_env().items() if not k.startswith("WANDB_")}
     env["HOME"] = str(tmp_path / "home")
     out = tmp_path / "run"
     args = cfg_args(out, shards, cache, "log.wandb_project=reelora-test", "train.checkpoint_every=1")
-    first = _train(env, *args, "train.max_steps=2", "validation.every=2")
+    first = train_py(*args, "train.max_steps=2", "validation.every=2", env=env, pinned=False)
     assert first.returncode == 0, first.stderr[-3000:]
     run_id = (out / "logs" / "wandb_id").read_text()
     runs = sorted((out / "logs" / "wandb").glob("offline-run-*"))
@@ -80,21 +79,10 @@ def test_wandb_project_logs_offline_and_a_resume_continues_the_same_run(tmp_path
     run_records = [r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run"]
     config = {u.key: json.loads(u.value_json) for u in run_records[0].config.update}
     assert config["model"] == "tiny-wan" and config["train"]["max_steps"] == 2 and run_records[0].run_id == run_id
-    second = _train(env, *args, "train.max_steps=3", "train.resume=latest")
+    second = train_py(*args, "train.max_steps=3", "train.resume=latest", env=env, pinned=False)
     assert second.returncode == 0, second.stderr[-3000:]
     assert (out / "logs" / "wandb_id").read_text() == run_id
     assert all(r.name.endswith(run_id) for r in (out / "logs" / "wandb").glob("offline-run-*"))
     records = [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3]
 
-
-def _train(env, *args):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tests.train.conftest import DETERMINISTIC_ENV
-
-    root = Path(__file__).parents[2]
-    return subprocess.run([sys.executable, str(root / "train.py"), *args], capture_output=True, text=True,
-                          timeout=300, cwd=root, env={**env, **DETERMINISTIC_ENV})

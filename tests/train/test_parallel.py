@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.conftest import DETERMINISTIC_ENV, cfg_args, tiny_cfg
+from tests.train.conftest import cfg_args, launch as run_launch, launch_cmd, tiny_cfg, user_env
 
 ROOT = Path(__file__).parents[2]
 ARGS = ("train.max_steps=6", "train.checkpoint_every=3", "optim.schedule=constant", "train.batch_size=1", "train.grad_accum=2")
 
 
 def launch(port: int, *args, timeout=300):
-    import os
-
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), str(ROOT / "train.py"), *args]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **DETERMINISTIC_ENV})
+    r = run_launch(port, str(ROOT / "train.py"), *args, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -212,16 +206,13 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 @pytest.mark.slow
 def test_fsdp_nonfinite_loss_on_one_rank_stops_every_rank_before_the_optimizer_step(tmp_path, shards, cache):
-    import os
 
     script = tmp_path / "poisoned.py"
     script.write_text(POISON)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29627",
-           str(script), str(ROOT / "train.py"),
-           *cfg_args(out, shards, cache, "train.max_steps=4", "train.checkpoint_every=1", "train.parallel=fsdp")]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **DETERMINISTIC_ENV})
+    cmd = launch_cmd(29627, str(script), str(ROOT / "train.py"),
+                     *cfg_args(out, shards, cache, "train.max_steps=4", "train.checkpoint_every=1", "train.parallel=fsdp"))
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=user_env())
     assert r.returncode != 0
     assert "[rank 1] error: non-finite loss at step 2 (clip keys on rank 1:" in r.stderr, r.stderr[-3000:]
     assert "[rank 0] error: non-finite loss at step 2 (on another rank)" in r.stderr, r.stderr[-3000:]

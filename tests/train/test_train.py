@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from safetensors.torch import load_file
 
 from reelora.train import checkpoint
 from reelora.train.loop import run
-from tests.train.conftest import cfg_args, tiny_cfg, train_py
+from tests.train.conftest import cfg_args, tiny_cfg, train_py, user_env
 
 ROOT = Path(__file__).parents[2]
 
@@ -202,10 +200,8 @@ def test_resume_names_changed_keys_refuses_model_changes_and_keeps_one_record_pe
 
 def test_exact_resume_as_a_user_runs_it(tmp_path, shards, cache):
     """train.deterministic alone (no MKL/OMP variables in the environment) gives a bitwise-equal resume."""
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MKL_", "OMP_"))}
     straight, split = tmp_path / "straight", tmp_path / "split"
-    plain = lambda *a: subprocess.run([sys.executable, str(ROOT / "train.py"), *a], capture_output=True, text=True,
-                                      timeout=300, cwd=ROOT, env=env)
+    plain = lambda *a: train_py(*a, env=user_env(), pinned=False)
     assert plain(*cfg_args(straight, shards, cache, *RESUME)).returncode == 0
     assert plain(*cfg_args(split, shards, cache, *RESUME, "train.max_steps=3")).returncode == 0
     r = plain(*cfg_args(split, shards, cache, *RESUME, "train.resume=latest"))
