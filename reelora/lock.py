@@ -19,7 +19,7 @@ from pathlib import Path
 
 LOCK_FILE = ".reelora.lock"
 
-__all__ = ["LockError", "RunLock", "LOCK_FILE"]
+__all__ = ["LockError", "RunLock", "LOCK_FILE", "lock_on_main"]
 
 
 class LockError(RuntimeError):
@@ -80,3 +80,23 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_on_main(directory: str | Path, what: str, state) -> tuple[RunLock | None, str | None]:
+    """Lock for every process of a launch: the main process takes it, and all learn the outcome.
+
+    `state` is accelerate's `Accelerator` or `PartialState`. Ranks write distinct files under the one lock, so
+    only the main process holds it; the refusal is broadcast so every rank stops alike instead of waiting at
+    a collective. Returns (the lock on the main process else None, the refusal message or None).
+    """
+    lock, message = None, None
+    if state.is_main_process:
+        try:
+            lock = RunLock(directory, what).acquire()
+        except LockError as exc:
+            message = str(exc)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message])[0]
+    return lock, message

@@ -37,24 +37,15 @@ def handler(args) -> int:
     from safetensors import SafetensorError
 
     from reelora.data.shards import ShardError
-    from reelora.lock import LockError, RunLock
+    from reelora.lock import lock_on_main
     from reelora.train.cache import build_cache
     from reelora.train.batches import DataError
     from reelora.train.loop import cpu_multiprocess
 
     state = PartialState(cpu=cpu_multiprocess())  # rank/world from `accelerate launch`; a single process otherwise
-    lock, message = None, None
-    if state.is_main_process:  # one lock for all ranks; every rank stops alike if another build holds it
-        try:
-            lock = RunLock(args.out, "cache build").acquire()
-        except LockError as exc:
-            message = f"--out: {exc}"
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        message = broadcast_object_list([message])[0]
-    if message:
-        print(f"reelora cache: error: {message}", file=sys.stderr)
+    lock, refused = lock_on_main(args.out, "cache build", state)  # one lock for all ranks
+    if refused:
+        print(f"reelora cache: error: --out: {refused}", file=sys.stderr)
         return 1
     try:
         stats = build_cache(args.shards, args.model, args.out, rank=state.process_index, world=state.num_processes,

@@ -123,20 +123,11 @@ def make_deterministic() -> None:
 
 def lock_output_dir(cfg: Config, accelerator):
     """One run per train.output_dir: the main process locks it; every rank fails alike if another run holds it."""
-    from reelora.lock import LockError, RunLock
+    from reelora.lock import lock_on_main
 
-    lock, message = None, None
-    if accelerator.is_main_process:
-        try:
-            lock = RunLock(cfg.train.output_dir, "training").acquire()
-        except LockError as exc:
-            message = f"config key 'train.output_dir': {exc}"
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        message = broadcast_object_list([message])[0]
-    if message:
-        raise ConfigError(message)
+    lock, refused = lock_on_main(cfg.train.output_dir, "training", accelerator)
+    if refused:
+        raise ConfigError(f"config key 'train.output_dir': {refused}")
     return lock
 
 
