@@ -115,10 +115,8 @@ def train_step(ctx: StepContext, micro_batches: list[dict], step: int) -> dict:
         ctx.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(_nonfinite_message("loss", step, bad_keys, acc))
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
-    grad_norm = acc.clip_grad_norm_(ctx.params, max_norm)  # None under DeepSpeed, which clips (and checks) itself
-    checked = grad_norm is not None
-    grad_norm = float(grad_norm) if checked else float("nan")
-    if checked and not math.isfinite(grad_norm):
+    grad_norm = float(acc.clip_grad_norm_(ctx.params, max_norm))
+    if not math.isfinite(grad_norm):
         ctx.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(_nonfinite_message("gradient norm", step, [k for b in micro_batches for k in b["key"]], acc))
     lr = ctx.optimizer.param_groups[0]["lr"]
