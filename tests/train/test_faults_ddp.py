@@ -12,7 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.conftest import cfg_args, launch, launch_cmd, train_py, user_env
+import os
+
+from tests.train.conftest import DETERMINISTIC_ENV, cfg_args, launch, launch_cmd, train_py, user_env
 
 ROOT = Path(__file__).parents[2]
 
@@ -111,7 +113,8 @@ def test_ddp_two_processes_identical_replicas_and_exact_resume(tmp_path, shards,
     cut = tmp_path / "cut"
     cmd = launch_cmd(29615, str(ROOT / "train.py"), *cfg_args(cut, shards, cache, *args, "train.checkpoint_every=100", "train.max_steps=40"))
     # (constant LR: max_steps changes only where the run ends; 40 leaves the signal time to land mid-run)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user_env())
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **DETERMINISTIC_ENV})
     deadline = time.time() + 200
     while steps_logged(cut) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
