@@ -34,15 +34,27 @@ def register(sub) -> None:
 
 def handler(args) -> int:
     from accelerate import PartialState
+
+    from reelora.train.loop import cpu_multiprocess
+
+    state = PartialState(cpu=cpu_multiprocess())  # rank/world from `accelerate launch`; a single process otherwise
+    try:
+        return _build(args, state)
+    finally:
+        if state.num_processes > 1:
+            from reelora.train.parallel import end_process_group
+
+            end_process_group()
+
+
+def _build(args, state) -> int:
     from safetensors import SafetensorError
 
     from reelora.data.shards import ShardError
     from reelora.lock import lock_on_main
     from reelora.train.cache import build_cache
     from reelora.train.batches import DataError
-    from reelora.train.loop import cpu_multiprocess
 
-    state = PartialState(cpu=cpu_multiprocess())  # rank/world from `accelerate launch`; a single process otherwise
     lock, refused = lock_on_main(args.out, "cache build", state)  # one lock for all ranks
     if refused:
         print(f"reelora cache: error: --out: {refused}", file=sys.stderr)

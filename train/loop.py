@@ -461,8 +461,8 @@ def check_replicas(cfg: Config, accelerator, sd: dict) -> str | None:
 def _teardown(accelerator) -> None:
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    if accelerator.num_processes > 1 and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if accelerator.num_processes > 1:
+        parallel.end_process_group()
     # Forget accelerate's process-wide singletons so another run() in this process starts clean (tests).
     AcceleratorState._reset_state(True)
     GradientState._reset_state()

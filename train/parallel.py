@@ -88,11 +88,34 @@ def no_sync(accelerator, model: torch.nn.Module):
         model.set_requires_gradient_sync(True)
 
 
+# Meshes this process made. A mesh holds its process groups (`_pg_registry`) and stays alive after training
+# (DTensor's sharding caches keep it), so destroy_process_group() alone leaves gloo's worker threads running;
+# one of them then frees a finished collective's tensors while Python finalizes, takes the GIL and aborts
+# the process ("terminate called without an active exception"; pytorch/pytorch#190489). end_process_group()
+# lets the groups go while Python is alive, so their destructors join those threads.
+_MESHES: list = []
+
+
 def data_parallel_mesh(accelerator):
     """A 1-D device mesh over all processes, on the process group `accelerate launch` created."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+    mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+    _MESHES.append(mesh)
+    return mesh
+
+
+def end_process_group() -> None:
+    """Destroy the process group and let every reference to it go, joining gloo's threads while Python is
+    alive. Every multi-process entry point calls this before it returns (see _MESHES)."""
+    import gc
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for mesh in _MESHES:
+        getattr(mesh, "_pg_registry", {}).clear()
+    _MESHES.clear()
+    gc.collect()
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -97,14 +97,16 @@ def test_fsdp_resumes_exactly_from_fsdp_and_from_ddp_checkpoints(runs, tmp_path,
 def test_parallelize_on_one_process_shards_blocks_and_root_and_gathers_full_state(tmp_path):
     """FSDP2 on a gloo group of one: blocks and root are sharded, the forward is unchanged, and the gathered
     LoRA/optimizer state is what the unsharded model and a plain optimizer give (names, indices, values)."""
+    from types import SimpleNamespace
+
     import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
     from reelora.models.lora import attach_lora, lora_state_dict
     from reelora.models.registry import load_model
-    from reelora.train.parallel import (full_lora_state_dict, full_optimizer_state_dict, loadable_optimizer,
-                                        parallelize)
+    from reelora.train.parallel import (data_parallel_mesh, end_process_group, full_lora_state_dict,
+                                        full_optimizer_state_dict, loadable_optimizer, parallelize)
 
     cfg = tiny_cfg(tmp_path, tmp_path, None, "train.parallel=fsdp")
     spec, comps = load_model("tiny-wan", components=("transformer",))
@@ -119,9 +121,7 @@ def test_parallelize_on_one_process_shards_blocks_and_root_and_gathers_full_stat
 
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
-        from torch.distributed.device_mesh import init_device_mesh
-
-        parallelize(model, spec, cfg, init_device_mesh("cpu", (1,)))
+        parallelize(model, spec, cfg, data_parallel_mesh(SimpleNamespace(device=torch.device("cpu"), num_processes=1)))
         assert isinstance(model, FSDPModule) and all(isinstance(b, FSDPModule) for b in getattr(model, spec.blocks))
         params = [p for p in model.parameters() if p.requires_grad]
         assert params and all(isinstance(p, DTensor) for p in params)
@@ -147,7 +147,23 @@ def test_parallelize_on_one_process_shards_blocks_and_root_and_gathers_full_stat
         for p in params:
             assert torch.equal(fresh.state[p]["exp_avg_sq"].full_tensor(), opt.state[p]["exp_avg_sq"].full_tensor())
     finally:
-        dist.destroy_process_group()
+        del model, comps
+        params = opt = fresh = gathered = full = None
+        end_process_group()
+    # The group is gone with its gloo threads, although DTensor's caches still hold the mesh: a gloo thread left
+    # running can free a collective's tensors while Python finalizes and abort the process (train/parallel.py).
+    assert not gloo_threads()
+
+
+def gloo_threads() -> list[str]:
+    """Names of this process's gloo threads (Linux: /proc/self/task/*/comm)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return [n for n in names if "gloo" in n]
 
 
 def test_accelerate_fsdp_and_deepspeed_plugins_are_refused_naming_what_to_launch():
