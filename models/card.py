@@ -132,7 +132,7 @@ def diffusers_usage(base: Base, family: str, adapter: str, prompt: str, settings
             "dtype = torch.bfloat16 if device == \"cuda\" else torch.float32",
             *([f"# {', '.join(spec.fp32_components)} in float32: numerically fragile in half precision"]
               if spec.fp32_components else []),
-            f"pipe = {load}.to(device)",
+            f"pipe = {load}.to(device)  # short of GPU memory: pipe.enable_model_cpu_offload() instead of .to(device)",
         ]
     negative = settings.get("negative_prompt")
     lines += [

@@ -56,6 +56,18 @@ def test_licence_lists_base_and_every_title():
     assert "| t | unrecorded | unrecorded | - |" in lines
 
 
+def test_local_and_hub_bases_share_the_tested_code(tmp_path):
+    """A local directory's usage code is the hub one (run by the slow test below) with only `base` changed."""
+    from reelora.models.card import diffusers_usage
+
+    settings = dict(num_frames=5, height=32, width=32, steps=2, guidance=5.0, fps=8.0, negative_prompt=None)
+    hub = diffusers_usage(describe_base(HUB_ID, "wan"), "wan", "out/adapter", "exp style, a room", settings).splitlines()
+    local = diffusers_usage(describe_base(str(tmp_path), "wan"), "wan", "out/adapter", "exp style, a room", settings).splitlines()
+    (diff,) = [i for i, (a, b) in enumerate(zip(hub, local)) if a != b]
+    assert len(hub) == len(local) and local[diff].startswith(f"base = {str(tmp_path)!r}  # {tmp_path} (a local directory")
+    assert hub[diff] == f"base = {HUB_ID!r}  # the hub repo this adapter was trained on"
+
+
 def test_shard_rights_keys_are_what_the_manifest_records():
     from reelora.data.manifest import rights_record
     from reelora.data.shards import RIGHTS_KEYS
