@@ -1,7 +1,14 @@
-# reelora on a CUDA GPU box.
+# reelora on a CUDA GPU box. ./runs holds what outlives the container: shards (`reelora shards build ... --out
+# runs/shards`), the cache and the run; the mounted HF cache keeps the downloaded base between runs.
 #   docker build -t reelora .
 #   docker run --gpus all --ipc=host -v $PWD/runs:/app/runs -v $HOME/.cache/huggingface:/root/.cache/huggingface \
-#     reelora accelerate launch --config_file configs/accelerate/multi_gpu.yaml train.py --config configs/wan2.1-t2v-1.3b-lora.yaml
+#     reelora reelora cache --shards runs/shards --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --out runs/cache --dtype bf16
+#   docker run --gpus all --ipc=host -v $PWD/runs:/app/runs -v $HOME/.cache/huggingface:/root/.cache/huggingface \
+#     reelora accelerate launch --config_file configs/accelerate/single-gpu.yaml train.py \
+#     --config configs/wan2.1-t2v-1.3b-lora.yaml data.shards=runs/shards data.cache=runs/cache train.output_dir=runs/wan2.1-1.3b-lora
+# Several GPUs: --config_file configs/accelerate/multi-gpu-ddp.yaml --num_processes N (N = the GPU count);
+# Wan2.1 14B: the commands in the header of configs/wan2.1-t2v-14b-lora.yaml. The adapter and its model card
+# (README.md: licence, trigger word, diffusers and ComfyUI usage) land in runs/wan2.1-1.3b-lora/adapter/.
 # The image's torch is the CUDA build from the base image; setup keeps it (no CPU wheel swap).
 FROM pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime
 

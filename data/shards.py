@@ -343,6 +343,10 @@ def decode_frames(clip: ClipRef):
         raise ShardError(f"clip {clip.key} in {clip.shard}: cannot decode ({type(exc).__name__}: {exc})") from exc
 
 
+RIGHTS_KEYS = ("license", "rights_holder", "rights_expires")
+"""The rights fields every clip's metadata carries (data/manifest.py `rights_record`)."""
+
+
 class ShardSet:
     """The clips of the shards listed in DIRECTORY/index.json, in index order, indexed by tar offsets.
 
@@ -394,6 +398,28 @@ class ShardSet:
     @property
     def titles(self) -> list[str]:
         return sorted({str(c.meta["title_id"]) for c in self.clips if "title_id" in c.meta})
+
+    @property
+    def rights(self) -> dict[str, dict]:
+        """Title id -> the rights its clips carry (license, rights_holder, rights_expires; None where unrecorded).
+
+        Every clip of a title carries the same record from library.yaml; should hand-made shards disagree,
+        the distinct values are joined with " / " rather than one picked.
+        """
+        seen: dict[str, dict[str, set]] = {}
+        for c in self.clips:
+            if "title_id" in c.meta:
+                rec = seen.setdefault(str(c.meta["title_id"]), {k: set() for k in RIGHTS_KEYS})
+                for k in RIGHTS_KEYS:
+                    if c.meta.get(k) is not None:
+                        rec[k].add(str(c.meta[k]))
+        return {t: {k: " / ".join(sorted(v)) or None for k, v in rec.items()} for t, rec in sorted(seen.items())}
+
+    @property
+    def trigger(self) -> str | None:
+        """The library's trigger word, which the build put first in every caption (index.json `library.trigger`)."""
+        library = self.index.get("library")
+        return (library.get("trigger") or None) if isinstance(library, dict) else None
 
 
 def _index_tar(path: Path, entry: dict) -> list[ClipRef]:

@@ -13,7 +13,7 @@ Files written by `save_adapter` (in out_dir):
         read by `WanPipeline.load_lora_weights`) and `reelora.*` lineage keys (JSON strings).
     files of the family's `exports` (Wan: comfyui_lora.safetensors, original Wan module names; see models/wan.py),
         with the same lineage keys.
-    README.md                         model card.
+    README.md                         model card (models/card.py): base, licence, trigger word, usage.
 Only safetensors are written or read: never pickle.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from reelora.files import save_safetensors_atomic, write_text_atomic
+from reelora.models.card import model_card
 from reelora.models.registry import family_spec
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -124,15 +125,15 @@ def save_adapter(out_dir: str | Path, sd: dict[str, torch.Tensor], *, rank: int,
     meta.update({LINEAGE_PREFIX + k: json.dumps(v, sort_keys=True) for k, v in lineage.items()})
     paths = {"diffusers": out / DIFFUSERS_FILE}
     save_safetensors_atomic({f"transformer.{k}": v for k, v in sd.items()}, paths["diffusers"], meta)
-    notes = []
+    exports = {}
     other_meta = {"format": "pt", **{k: v for k, v in meta.items() if k.startswith(LINEAGE_PREFIX)}}
     for key, (name, tensors, note) in family_spec(family).exports(sd, alpha).items():
         paths[key] = out / name
         save_safetensors_atomic(tensors, paths[key], other_meta)
-        notes.append(f"`{name}` holds {note}.")
+        exports[key] = (name, note)
     paths["card"] = out / "README.md"
     write_text_atomic(paths["card"], model_card(rank=rank, alpha=alpha, target_modules=target_modules, family=family,
-                                                lineage=lineage, notes=notes))
+                                                lineage=lineage, adapter_dir=out_dir, exports=exports))
     return paths
 
 
@@ -143,38 +144,3 @@ def read_lineage(path: str | Path) -> dict:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     return {k[len(LINEAGE_PREFIX):]: json.loads(v) for k, v in meta.items() if k.startswith(LINEAGE_PREFIX)}
-
-
-def model_card(*, rank: int, alpha: float, target_modules, family: str, lineage: dict, notes: list[str] = ()) -> str:
-    base = lineage.get("base_model", "?")
-    titles = lineage.get("titles") or []
-    lines = [
-        "---",
-        f"base_model: {base}",
-        "library_name: diffusers",
-        "tags: [lora, video, text-to-video, reelora]",
-        "---",
-        "",
-        f"# LoRA adapter for {base}",
-        "",
-        f"Trained with reelora ({family} family) for {lineage.get('step', '?')} steps.",
-        "",
-        "| | |", "|---|---|",
-        f"| base model | `{base}` (revision `{lineage.get('base_revision')}`) |",
-        f"| rank / alpha | {rank} / {alpha} (scale {alpha / rank:g}) |",
-        f"| target modules | `{target_modules}` |",
-        f"| clips | {lineage.get('num_clips', '?')} from shards `{lineage.get('shards')}` "
-        f"(index sha256 `{lineage.get('shards_index_sha256')}`) |",
-        f"| titles | {', '.join(map(str, titles)) or '-'} |",
-        "",
-        "## Use",
-        "",
-        "```python",
-        f"pipe.load_lora_weights(\"path/to/adapter\", weight_name=\"{DIFFUSERS_FILE}\")",
-        "```",
-        "",
-        *notes,
-        "The full training config and lineage are in the safetensors metadata (`reelora.*` keys).",
-        "",
-    ]
-    return "\n".join(lines)

@@ -44,6 +44,10 @@ class LTXSpec:
     flow_shift: ClassVar[float] = 1.0
     """Shift of the tiny scheduler (FlowMatchEulerDiscreteScheduler's default); released LTX checkpoints
     shift by resolution through their own scheduler config."""
+    fp32_components: ClassVar[tuple[str, ...]] = ()
+    """Components loaded in float32 whatever the dtype: none."""
+    published: ClassVar[dict[str, str]] = {}
+    """Released checkpoints whose licence reelora states (hub id -> licence): none; the card points to the base's own."""
 
     def load(self, source, *, dtype=torch.float32, device="cpu", components=ALL_COMPONENTS, revision=None):
         from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel

@@ -60,6 +60,10 @@ class ModelSpec(Protocol):
     """Attribute of the transformer holding its ModuleList of blocks (the unit FSDP shards and gathers)."""
     flow_shift: float
     """Timestep shift of the family's flow-matching scheduler (and of training sigmas that match it)."""
+    fp32_components: tuple[str, ...]
+    """Components loaded in float32 whatever the training dtype (the model card's usage code does the same)."""
+    published: dict[str, str]
+    """Released checkpoints: hub id -> licence (the adapter model card's base licence)."""
 
     def load(
         self,

@@ -42,6 +42,11 @@ class WanSpec:
     """The transformer's ModuleList of blocks (FSDP shards block by block, train/parallel.py)."""
     flow_shift: ClassVar[float] = 3.0
     """Timestep shift of Wan's flow-matching scheduler (the 480p checkpoints sample with 3.0)."""
+    fp32_components: ClassVar[tuple[str, ...]] = ("vae",)
+    """Loaded in float32 whatever the dtype: the Wan VAE is numerically fragile in half precision."""
+    published: ClassVar[dict[str, str]] = {
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "apache-2.0", "Wan-AI/Wan2.1-T2V-14B-Diffusers": "apache-2.0"}
+    """Released diffusers-format checkpoints (hub id -> licence), as the model card names them."""
 
     def load(self, source, *, dtype=torch.float32, device="cpu", components=ALL_COMPONENTS, revision=None):
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
@@ -49,9 +54,8 @@ class WanSpec:
 
         classes = dict(transformer=WanTransformer3DModel, vae=AutoencoderKLWan, text_encoder=UMT5EncoderModel,
                        tokenizer=AutoTokenizer, scheduler=UniPCMultistepScheduler)
-        # The Wan VAE is numerically fragile in half precision: keep it fp32.
         return load_pretrained(self.family, source, classes, dtype=dtype, device=device, components=components,
-                               revision=revision, max_text_len=self.max_text_len, fp32=("vae",))
+                               revision=revision, max_text_len=self.max_text_len, fp32=self.fp32_components)
 
     def tiny(self, seed: int = 0, components=ALL_COMPONENTS, vae: dict | None = None, transformer: dict | None = None, text: dict | None = None) -> Components:
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel

@@ -420,6 +420,7 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
         lineage = {
             "base_model": cfg.model, "base_revision": comps.revision, "family": spec.family,
             "shards": shards.directory, "shards_index_sha256": shards.index_sha256, "titles": shards.titles,
+            "rights": shards.rights, "trigger": shards.trigger,  # the model card's licence and trigger word
             "num_clips": len(shards.clips), "step": step, "config": cfg.to_dict(), "reelora_version": __version__,
         }
         targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)

@@ -54,7 +54,9 @@ def clip_frames(i: int) -> np.ndarray:
     return np.stack(np.broadcast_arrays(r, g, b), -1).astype(np.uint8)
 
 
-def write_shards(out: Path, n: int = NUM_CLIPS, per_shard: int = 4, titles=("alpha", "beta"), prefix: str = "c") -> Path:
+def write_shards(out: Path, n: int = NUM_CLIPS, per_shard: int = 4, titles=("alpha", "beta"), prefix: str = "c",
+                 rights: dict | None = None, library: dict | None = None) -> Path:
+    """rights: title -> extra clip metadata (license, rights_holder...); library: index.json's `library` record."""
     from reelora.data.shards import write_index, write_shard
 
     out.mkdir(parents=True, exist_ok=True)
@@ -64,10 +66,11 @@ def write_shards(out: Path, n: int = NUM_CLIPS, per_shard: int = 4, titles=("alp
         for i in range(s, min(n, s + per_shard)):
             mp4 = encode_mp4(clip_frames(i if prefix == "c" else 100 + i))
             meta = {"caption": f"exp style, scene {i % 3}", "title_id": titles[i % len(titles)], "num_frames": FRAMES,
-                    "width": SIZE, "height": SIZE, "fps": 8, "clip_sha256": hashlib.sha256(mp4).hexdigest()}
+                    "width": SIZE, "height": SIZE, "fps": 8, "clip_sha256": hashlib.sha256(mp4).hexdigest(),
+                    **(rights or {}).get(titles[i % len(titles)], {})}
             samples.append({"__key__": f"{prefix}{i:04d}", "mp4": mp4, "json": json.dumps(meta).encode()})
         entries.append(write_shard(out / f"shard-{s // per_shard:06d}.tar", samples))
-    write_index(out, entries)
+    write_index(out, entries, {"library": library} if library else None)
     return out
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from reelora.train.config import load_config
@@ -13,43 +14,101 @@ ROOT = Path(__file__).parents[2]
 WAN_14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
                text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)
+# The 1.3B differs in width, FFN and depth (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, transformer/config.json).
+WAN_1_3B = {**WAN_14B, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30}
+PUBLISHED = {"Wan-AI/Wan2.1-T2V-14B-Diffusers": WAN_14B, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": WAN_1_3B}
+# (lowest, highest) base parameters: what the names promise.
+BASE_PARAMS = {"Wan-AI/Wan2.1-T2V-14B-Diffusers": (14.0e9, 14.5e9), "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": (1.40e9, 1.44e9)}
 
 
-def test_wan_14b_fsdp_config_on_the_published_architecture():
-    """configs/wan2.1-t2v-14b-lora-fsdp.yaml: FSDP over the spec's block list, and the LoRA size its header states
-    (rank 32 on attention + FFN: ~150M params in 400 layers)."""
+def real_configs() -> list[Path]:
+    """Every shipped training config whose backbone is a hub id (not a built-in tiny name, not a local folder such
+    as demo.yaml's runs/demo/base, which the demo builds and tests/demo runs)."""
+    import re
+
+    paths = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
+    return [p for p in paths if re.fullmatch(r"[\w.-]+/[\w.-]+", load_config(p).model)]
+
+
+def meta_transformer(cfg):
+    """The config's backbone with its LoRA attached, on the meta device (shapes only)."""
     from diffusers import WanTransformer3DModel
 
-    from reelora.models.lora import attach_lora, lora_state_dict
+    from reelora.models.lora import attach_lora
+
+    with torch.device("meta"):
+        transformer = WanTransformer3DModel(**PUBLISHED[cfg.model])
+        attach_lora(transformer, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules)
+    return transformer
+
+
+def test_the_real_configs_are_the_published_wan_checkpoints():
     from reelora.models.registry import family_spec
 
-    cfg = load_config(ROOT / "configs" / "wan2.1-t2v-14b-lora-fsdp.yaml")
+    names = {p.name for p in real_configs()}
+    assert {"wan2.1-t2v-1.3b-lora.yaml", "wan2.1-t2v-14b-lora.yaml"} <= names
+    for p in real_configs():  # a new real-size config needs its architecture here, so the test below checks it
+        assert load_config(p).model in PUBLISHED, f"{p.name}: add the published architecture of its model to PUBLISHED"
+    assert set(PUBLISHED) == set(family_spec("wan").published)  # the hub ids the model card names
+
+
+@pytest.mark.parametrize("path", real_configs(), ids=lambda p: p.name)
+def test_real_config_on_the_published_architecture(path):
+    """Parameter count, one LoRA per targeted Linear (10 per block: attn1/attn2 q,k,v,o, FFN in/out), the LoRA size
+    from dim and FFN width, and the block list FSDP shards."""
+    from reelora.models.lora import lora_state_dict
+    from reelora.models.registry import family_spec
+
+    cfg = load_config(path)
+    arch, r = PUBLISHED[cfg.model], cfg.lora.rank
+    transformer = meta_transformer(cfg)
+    base = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
+    lo, hi = BASE_PARAMS[cfg.model]
+    assert lo < base < hi
+    layers, dim = arch["num_layers"], arch["num_attention_heads"] * arch["attention_head_dim"]
+    assert len(getattr(transformer, family_spec("wan").blocks)) == layers  # what train/parallel.py shards, one fully_shard each
+    sd = lora_state_dict(transformer)
+    assert sum(1 for k in sd if "lora_A" in k) == layers * 10
+    assert sum(t.numel() for t in sd.values()) == layers * (8 * r * (dim + dim) + 2 * r * (dim + arch["ffn_dim"]))
+
+
+def test_wan_14b_config_numbers_its_header_states():
+    """configs/wan2.1-t2v-14b-lora.yaml: FSDP in bf16 with checkpointing; 14.29e9 base params (28.6 GB in bf16),
+    153.4M LoRA params at rank 32, 351.4M params per block (the ~0.7 GB a GPU gathers at a time)."""
+    cfg = load_config(ROOT / "configs" / "wan2.1-t2v-14b-lora.yaml")
     assert cfg.train.parallel == "fsdp" and cfg.train.gradient_checkpointing and cfg.train.mixed_precision == "bf16"
-    with torch.device("meta"):
-        transformer = WanTransformer3DModel(**WAN_14B)
-        attach_lora(transformer, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules)
+    assert cfg.lora.rank == 32
+    transformer = meta_transformer(cfg)
     base = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
-    assert 14.0e9 < base < 14.5e9  # "14B"
-    blocks = getattr(transformer, family_spec("wan").blocks)
-    assert len(blocks) == 40  # what train/parallel.py shards, one fully_shard each
-    sd = lora_state_dict(transformer)
-    assert sum(1 for k in sd if "lora_A" in k) == 40 * 10  # attn1 q/k/v/o, attn2 q/k/v/o, ffn in/out per block
-    assert sum(t.numel() for t in sd.values()) == 40 * (8 * 32 * (5120 + 5120) + 2 * 32 * (5120 + 13824))  # 153,354,240
+    assert base == 14_288_491_584
+    assert sum(p.numel() for n, p in transformer.named_parameters() if "lora_" in n) == 153_354_240
+    assert sum(p.numel() for n, p in transformer.blocks[0].named_parameters() if "lora_" not in n) == 351_394_304
+    header = (ROOT / "configs" / "wan2.1-t2v-14b-lora.yaml").read_text()
+    assert "28.6 GB (14.29e9 params)" in header and "153.4M params x 16" in header
+    assert '# memory options: see README "Memory options"' in header
 
 
-def test_wan_1_3b_config_on_the_published_architecture():
-    """configs/wan2.1-t2v-1.3b-lora.yaml: ~1.42e9 base params, 300 LoRA layers, LoRA size from dim 1536 / FFN 8960."""
-    from diffusers import WanTransformer3DModel
+def test_wan_14b_fsdp_wrap_units(tmp_path):
+    """train/parallel.py's `parallelize` on the 14B (meta device, a one-process gloo group): one FSDP unit per
+    block plus the root, every parameter sharded, and a block unit is one block's base + its LoRA."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
 
-    from reelora.models.lora import attach_lora, lora_state_dict
+    from reelora.models.registry import family_spec
+    from reelora.train import parallel
 
-    cfg = load_config(ROOT / "configs" / "wan2.1-t2v-1.3b-lora.yaml")
-    r = cfg.lora.rank
-    with torch.device("meta"):
-        transformer = WanTransformer3DModel(**{**WAN_14B, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30})
-        attach_lora(transformer, rank=r, alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules)
-    base = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
-    assert 1.40e9 < base < 1.44e9
-    sd = lora_state_dict(transformer)
-    assert sum(1 for k in sd if "lora_A" in k) == 300
-    assert sum(t.numel() for t in sd.values()) == 30 * (8 * r * (1536 + 1536) + 2 * r * (1536 + 8960))
+    cfg = load_config(ROOT / "configs" / "wan2.1-t2v-14b-lora.yaml")
+    transformer = meta_transformer(cfg)
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        parallel.parallelize(transformer, family_spec("wan"), cfg, init_device_mesh("cpu", (1,)))
+        units = [name for name, m in transformer.named_modules() if isinstance(m, FSDPModule)]
+        assert units == ["", *(f"blocks.{i}" for i in range(40))]
+        assert all(isinstance(p, DTensor) for p in transformer.parameters())
+        assert sum(p.numel() for p in transformer.blocks[7].parameters()) == 351_394_304 + 153_354_240 // 40
+        assert transformer.gradient_checkpointing  # train.gradient_checkpointing, applied before sharding
+    finally:
+        dist.destroy_process_group()
