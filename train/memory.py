@@ -59,6 +59,10 @@ def store_base_fp8(transformer: torch.nn.Module, compute_dtype: torch.dtype) -> 
     cast = [n for n, p in transformer.named_parameters() if p.requires_grad and p.dtype != torch.float32]
     if cast:  # diffusers' skip list changed: refuse rather than train fp8 LoRA weights
         raise RuntimeError(f"fp8 storage reached trainable LoRA weights ({cast[:3]}); diffusers' skip patterns changed")
+    # DDP broadcasts every parameter from rank 0 when it wraps the model, and gloo has no fp8 type ("Invalid
+    # scalar type"). Every rank loaded the same frozen weights, so there is nothing to broadcast: DDP skips them.
+    fp8 = [n for n, p in transformer.named_parameters() if p.dtype == FP8]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(transformer, fp8)
 
 
 def offload_frozen_blocks(transformer: torch.nn.Module, blocks: torch.nn.ModuleList, device: torch.device,

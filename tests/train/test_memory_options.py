@@ -106,7 +106,7 @@ def test_fp8_halves_the_stored_base_of_wan_1_3b_in_bf16():
     memory.store_base_fp8(t, torch.bfloat16)
     fp8 = memory.frozen_bytes(t)
     assert 2.80e9 < bf16 < 2.88e9  # ~1.42e9 params x 2 bytes
-    assert 0.50 < fp8 / bf16 < 0.54  # what stays bf16: norms, embeddings, head, modulation tables, biases of kept layers
+    assert 0.50 < fp8 / bf16 < 0.52  # 1.446 GB of 2.839: what stays bf16 is norms, embeddings, head, modulation tables
 
 
 def test_fp8_trains_close_to_the_plain_run_and_resumes_exactly(tmp_path, shards, cache):
@@ -271,3 +271,16 @@ def test_resume_allows_offload_and_compile_changes_and_warns_on_fp8(tmp_path, sh
     check_resume_config(tmp_path, state, tiny_cfg(tmp_path, shards, cache, "train.gradient_checkpointing=true",
                                                    "train.base_storage=fp8"))
     assert "train.base_storage ('auto' -> 'fp8')" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fp8_trains_under_ddp(tmp_path, shards, cache):
+    """DDP broadcasts the parameters when it wraps the model, and gloo has no fp8: the fp8 base is left out of it."""
+    from tests.train.conftest import cfg_args, launch
+
+    out = tmp_path / "ddp"
+    r = launch(29641, str(ROOT / "train.py"), *cfg_args(out, shards, cache, *TWO_STEPS, "train.base_storage=fp8"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(_losses(out)) == 2
+    digests = json.loads((out / "logs" / "replicas.json").read_text())["digests"]
+    assert len(digests) == 2 and len(set(digests)) == 1  # both ranks trained the same adapter
