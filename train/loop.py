@@ -62,7 +62,8 @@ def _run(cfg: Config, accelerator) -> int:
     if parallel.is_sharded(model):  # FSDP already distributed the model; DDP would wrap it a second time
         optimizer = accelerator.prepare(optimizer)
     else:  # offloaded blocks stay in CPU memory: accelerate must not move the whole model to the device
-        model, optimizer = accelerator.prepare(model, optimizer, device_placement=[not cfg.train.offload_blocks, True])
+        placement = [False, None] if cfg.train.offload_blocks else None
+        model, optimizer = accelerator.prepare(model, optimizer, device_placement=placement)
     step, samples_seen = 0, 0
     if resume_from is not None:
         step, samples_seen = restore(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, cfg)
