@@ -8,12 +8,12 @@ exported adapter are the same as without them.
 - train.base_storage=fp8: diffusers' layerwise casting (`ModelMixin.enable_layerwise_casting`) stores each
   frozen Linear of the blocks in float8_e4m3fn and upcasts it to the run's dtype for its forward. Its default
   skip patterns keep peft's lora_A/lora_B, norms, patch/condition embedders and the head in full precision.
+  Works under DDP (the fp8 weights are left out of DDP's start-up broadcast).
 - train.offload_blocks=N: the blocks' frozen weights live in CPU memory and are copied to the device N blocks
   at a time for their forward (and for the recompute in backward), with diffusers' group-offloading hook
   (`hooks.group_offloading.ModuleGroup`). `enable_group_offload` itself cannot be used for training: it moves
-  every parameter of a block, LoRA included, so the optimizer would find its weights on the CPU and their
-  gradients on the GPU (and with streams it restores a block's weights from the copy made at setup, which
-  would drop every LoRA update). Here each group holds only the frozen parameters and buffers.
+  every parameter of a block, LoRA included, so after backward the optimizer would find the LoRA weights on
+  the CPU and their gradients on the GPU. Here each group holds only the frozen parameters and buffers.
 - train.compile_blocks=BACKEND: `ModelMixin.compile_repeated_blocks` (torch.compile of each transformer
   block, which the model names in `_repeated_blocks`): one compile serves all blocks.
 
