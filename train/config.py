@@ -135,6 +135,21 @@ class TrainConfig:
     fsdp_reshard_after_forward: bool = True
     """train.parallel=fsdp: free each block's gathered weights after its forward and gather them again for
     backward (less memory, more communication); false keeps them gathered from forward to backward."""
+    base_storage: Literal["auto", "fp8"] = "auto"
+    """How the frozen base's block weights are stored: "auto" in train.mixed_precision's dtype (fp32 for "no");
+    "fp8" in float8_e4m3fn, each Linear upcast to that dtype for its own forward (diffusers layerwise casting:
+    half the bytes of bf16, a quarter of fp32; LoRA weights, norms, embeddings and the head stay as they
+    are). Changes the maths slightly (the base is rounded to fp8). Saves peak memory only with
+    train.gradient_checkpointing (see train/memory.py)."""
+    offload_blocks: int = 0
+    """0 keeps the frozen base on the device; N > 0 keeps the transformer blocks' frozen weights in CPU memory
+    and copies them to the device N blocks at a time for each forward and backward recompute (diffusers group
+    offloading; the LoRA weights, embeddings and head stay on the device). Exact: same losses, slower steps.
+    Needs train.gradient_checkpointing=true and one process (DDP wants every weight on the device)."""
+    compile_blocks: Literal["no", "inductor", "aot_eager"] = "no"
+    """torch.compile each transformer block with this backend (diffusers `compile_repeated_blocks`, one compile
+    for all blocks): "inductor" is the fast one (needs a C++ compiler on CPU, Triton on GPU); "aot_eager"
+    compiles without generating kernels (a quick check that the blocks trace). The first steps are slow."""
     seed: int = 0
     """Seed for LoRA init, data order, and the per-step noise/timestep/caption-dropout generators."""
     timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
@@ -167,6 +182,18 @@ class TrainConfig:
         _check(self.flow_shift is None or self.flow_shift > 0, "train.flow_shift", f"must be > 0, got {self.flow_shift}")
         _check(self.parallel != "fsdp" or self.mixed_precision != "fp16", "train.parallel",
                "fsdp runs with train.mixed_precision no or bf16 (fp16 needs a sharded gradient scaler)")
+        _check(self.offload_blocks >= 0, "train.offload_blocks", f"must be >= 0, got {self.offload_blocks}")
+        _check(not self.offload_blocks or self.gradient_checkpointing, "train.offload_blocks",
+               "needs train.gradient_checkpointing=true: without it autograd keeps every block's onloaded weights "
+               "on the device from forward to backward, so offloading saves nothing")
+        for key in ("base_storage", "offload_blocks", "compile_blocks"):
+            on = getattr(self, key) not in ("auto", 0, "no")
+            _check(not (on and self.parallel == "fsdp"), f"train.{key}",
+                   "not with train.parallel=fsdp (FSDP manages the base's storage and placement itself); set "
+                   "train.parallel=ddp, or leave this option off")
+        _check(self.compile_blocks == "no" or self.base_storage != "fp8", "train.compile_blocks",
+               "not with train.base_storage=fp8: diffusers' layerwise casting changes the weights' dtype inside each "
+               "block's forward, which torch.compile does not follow (the compiled block computes with fp8 weights)")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _check(self.keep_last >= 1, "train.keep_last", f"must be >= 1, got {self.keep_last}")
         _check(bool(self.output_dir), "train.output_dir", "must not be empty")

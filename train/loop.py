@@ -61,8 +61,9 @@ def _run(cfg: Config, accelerator) -> int:
     model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps, accelerator)
     if parallel.is_sharded(model):  # FSDP already distributed the model; DDP would wrap it a second time
         optimizer = accelerator.prepare(optimizer)
-    else:
-        model, optimizer = accelerator.prepare(model, optimizer)
+    else:  # offloaded blocks stay in CPU memory: accelerate must not move the whole model to the device
+        placement = [False, None] if cfg.train.offload_blocks else None
+        model, optimizer = accelerator.prepare(model, optimizer, device_placement=placement)
     step, samples_seen = 0, 0
     if resume_from is not None:
         step, samples_seen = restore(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, cfg)
@@ -208,16 +209,13 @@ def load_backbone(cfg: Config, accelerator, cached: bool):
     """Load the frozen base on the device; with a cache the VAE and text encoder stay out of GPU memory."""
     from reelora.models.registry import load_model
 
-    from reelora.dtypes import parse_dtype
-
-    # accelerate's "no" mixed precision means fp32 weights; bf16/fp16 are dtype names as they stand.
-    mp = cfg.train.mixed_precision
-    weight_dtype = parse_dtype("fp32" if mp == "no" else mp, "train.mixed_precision")
+    weight_dtype = base_dtype(cfg)
     components = ("transformer", "scheduler") if cached else ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-    if not parallel.sharded(cfg, accelerator):
+    if not parallel.sharded(cfg, accelerator) and not cfg.train.offload_blocks:
         return load_model(cfg.model, dtype=weight_dtype, device=accelerator.device, components=components)
     # FSDP: the transformer stays in CPU memory (where loading puts it anyway); fully_shard moves it to the
     # device one block at a time and keeps this process's shard of each, so no GPU holds the whole base.
+    # train.offload_blocks: the blocks stay in CPU memory; memory.apply moves the rest to the device.
     spec, comps = load_model(cfg.model, dtype=weight_dtype, device="cpu", components=components)
     for m in (comps.vae, comps.text_encoder):
         if m is not None:
@@ -225,9 +223,27 @@ def load_backbone(cfg: Config, accelerator, cached: bool):
     return spec, comps
 
 
-def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
-    from reelora.models.lora import attach_lora
+def base_dtype(cfg: Config) -> torch.dtype:
+    """The dtype the frozen base is loaded and computed in: accelerate's "no" mixed precision means fp32."""
+    from reelora.dtypes import parse_dtype
 
+    mp = cfg.train.mixed_precision
+    return parse_dtype("fp32" if mp == "no" else mp, "train.mixed_precision")
+
+
+def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
+    """Attach LoRA, apply checkpointing/FSDP and the memory options, and build the optimizer and LR schedule.
+
+    Returns:
+        (transformer, optimizer, scheduler, trainable params).
+    """
+    from reelora.models.lora import attach_lora
+    from reelora.train import memory
+
+    if cfg.train.offload_blocks and accelerator.num_processes > 1:
+        raise ConfigError(f"config key 'train.offload_blocks': runs in one process only (DDP broadcasts and "
+                          f"reduces from the device, where offloaded weights are not); launched with "
+                          f"{accelerator.num_processes} processes")
     transformer = comps.transformer
     targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
     try:
@@ -238,6 +254,8 @@ def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
     # Before the optimizer is built: under FSDP it must hold the sharded parameters.
     mesh = parallel.data_parallel_mesh(accelerator) if parallel.sharded(cfg, accelerator) else None
     parallel.parallelize(transformer, spec, cfg, mesh)
+    if mesh is None:  # the memory options are refused with train.parallel=fsdp (config.py)
+        memory.apply(transformer, spec, cfg, accelerator.device, compute_dtype=base_dtype(cfg))
     transformer.train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
@@ -288,9 +306,12 @@ def restore(path: Path, transformer, optimizer, scheduler, cfg: Config) -> tuple
 
 
 # Keys that may change on resume without changing what is trained: how long, where, how it is logged,
-# validated and checkpointed, how many loader workers, how processes share the model (same checkpoint files).
+# validated and checkpointed, how many loader workers, how processes share the model (same checkpoint files),
+# where the frozen base waits and whether its blocks are compiled (same maths). train.base_storage is in neither
+# list: fp8 rounds the base, so a change is allowed with the warning, like train.mixed_precision.
 RESUME_FREE = ("train.resume", "train.max_steps", "train.output_dir", "train.checkpoint_every", "train.keep_last",
-               "train.parallel", "train.fsdp_reshard_after_forward", "data.num_workers", "log.", "validation.")
+               "train.parallel", "train.fsdp_reshard_after_forward", "train.offload_blocks", "train.compile_blocks",
+               "data.num_workers", "log.", "validation.")
 # Keys whose change makes the resumed run a different model: refused.
 RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules")
 
