@@ -85,7 +85,7 @@ def test_wan_14b_config_numbers_its_header_states():
     assert sum(p.numel() for n, p in transformer.blocks[0].named_parameters() if "lora_" not in n) == 351_394_304
     header = (ROOT / "configs" / "wan2.1-t2v-14b-lora.yaml").read_text()
     assert "28.6 GB (14.29e9 params)" in header and "153.4M params x 16" in header
-    assert '# memory options: see README "Memory options"' in header
+    assert "train.parallel=ddp train.base_storage=fp8" in header  # the one-card route (validated by tests/reelora)
 
 
 def test_wan_14b_fsdp_wrap_units(tmp_path):
