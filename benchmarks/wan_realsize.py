@@ -24,8 +24,9 @@ What runs, nothing downloaded (random weights of the published shapes):
 Variants. `--both-checkpointing` runs `checkpointing` (train.gradient_checkpointing=true) and then
 `no_checkpointing` (false; it skips sampling, which is the same model at inference). `--variant NAME:k=v,k=v`
 (repeatable) adds a variant with those config overrides on top of the common ones, e.g.
-`--variant fp8:train.fp8_base=true`; a variant whose config does not validate is recorded with its error and
-skipped. Each variant builds its own model; between variants memory is freed and CUDA peak stats reset. A CUDA
+`--variant fp8:train.base_storage=fp8`; `sample=false` and `warmup=N` in the list are the benchmark's own (skip
+that variant's sampling; its untimed steps). A variant whose config does not validate is recorded with its
+error and skipped. Each variant builds its own model; between variants memory is freed and CUDA peak stats reset. A CUDA
 out-of-memory (or any other failure) in a variant is recorded (`"oom": true`, `"error"`, `"phase"`) and the next
 variant runs. The JSON is rewritten after every variant, so a run cut short keeps what it measured.
 
@@ -228,8 +229,13 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, overrides
 
 
+VARIANT_KEYS = ("sample", "warmup")
+"""Keys of a --variant that are the benchmark's, not config keys: sample=false skips its sampling, warmup=N
+sets its untimed steps (e.g. 2 where compilation spans the first steps)."""
+
+
 def plan_variants(args: argparse.Namespace) -> list[dict]:
-    """[{name, overrides, sample}] in run order."""
+    """[{name, overrides, sample[, warmup]}] in run order."""
     base = common_overrides(args)
     plan = []
     if args.both_checkpointing:
@@ -238,7 +244,12 @@ def plan_variants(args: argparse.Namespace) -> list[dict]:
         plan.append({"name": "no_checkpointing", "overrides": base + ["train.gradient_checkpointing=false"], "sample": False})
     for text in args.variant:
         name, extra = parse_variant(text)
-        plan.append({"name": name, "overrides": base + extra, "sample": True})
+        own = {k: v for k, _, v in (o.partition("=") for o in extra) if k in VARIANT_KEYS}
+        extra = [o for o in extra if o.partition("=")[0] not in VARIANT_KEYS]
+        if own.get("sample", "true").lower() not in ("true", "false") or not own.get("warmup", "0").isdigit():
+            raise ValueError(f"--variant {text!r}: sample takes true/false, warmup a count")
+        plan.append({"name": name, "overrides": base + extra, "sample": own.get("sample", "true").lower() == "true",
+                     **({"warmup": int(own["warmup"])} if "warmup" in own else {})})
     if not plan:
         plan.append({"name": "default", "overrides": base, "sample": True})
     names = [p["name"] for p in plan]
@@ -351,11 +362,15 @@ def run_variant(rec: dict, plan: dict, args: argparse.Namespace, spec, inputs: d
     try:
         rec["phase"] = "build"
         t0 = time.perf_counter()
-        transformer = published_transformer(args.size, device=accelerator.device, dtype=weight_dtype, seed=args.seed)
+        # train.offload_blocks (train/memory.py, where present): as train/loop.py does, the base is built in CPU
+        # memory, the memory tools move what stays resident, and accelerate must not move the whole model.
+        offload = getattr(cfg.train, "offload_blocks", 0)
+        build_device = "cpu" if offload else accelerator.device
+        transformer = published_transformer(args.size, device=build_device, dtype=weight_dtype, seed=args.seed)
         comps = Components(family=spec.family, source=f"{PUBLISHED_IDS[args.size]} (architecture, random weights)",
                            transformer=transformer, scheduler=inputs["scheduler"], revision=f"random-seed{args.seed}")
         model, optimizer, lr_schedule, params = build_model_and_optimizer(cfg, spec, comps, accelerator)
-        model, optimizer = accelerator.prepare(model, optimizer)
+        model, optimizer = accelerator.prepare(model, optimizer, device_placement=[False, None] if offload else None)
         rec["build_s"] = time.perf_counter() - t0
         lora_layers = [(n, m.in_features, m.out_features) for n, m in transformer.named_modules() if hasattr(m, "lora_A")]
         rec["params"] = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
@@ -381,13 +396,14 @@ def run_variant(rec: dict, plan: dict, args: argparse.Namespace, spec, inputs: d
         empty = {"prompt_embeds": torch.zeros(TEXT_LEN, inputs["prompt"].shape[1], dtype=cache_dtype)}
         ctx = StepContext(cfg, accelerator, spec, comps, model, optimizer, lr_schedule, params, empty_text=empty)
         times, losses = [], []
-        for step in range(1, args.warmup + args.steps + 1):
+        warmup = plan.get("warmup", args.warmup)
+        for step in range(1, warmup + args.steps + 1):
             sync(device)
             t0 = time.perf_counter()
             metrics = train_step(ctx, [batch] * cfg.train.grad_accum, step)
             sync(device)
             dt = time.perf_counter() - t0
-            warm = step <= args.warmup
+            warm = step <= warmup
             losses.append(metrics["loss"])
             if not warm:
                 times.append(dt)
@@ -411,7 +427,7 @@ def run_variant(rec: dict, plan: dict, args: argparse.Namespace, spec, inputs: d
         transformer = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # plain forward again, for sampling
         targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
         lineage = {"base_model": PUBLISHED_IDS[args.size], "base_revision": comps.revision, "family": spec.family,
-                   "step": args.warmup + args.steps, "config": cfg.to_dict(), "benchmark": "benchmarks/wan_realsize.py"}
+                   "step": warmup + args.steps, "config": cfg.to_dict(), "benchmark": "benchmarks/wan_realsize.py"}
         paths = save_adapter(workdir / plan["name"] / "adapter", full_lora_state_dict(transformer), rank=cfg.lora.rank,
                              alpha=cfg.lora.alpha, target_modules=targets, family=spec.family, lineage=lineage)
         rec["export_s"] = time.perf_counter() - t0

@@ -135,7 +135,7 @@ def test_matrix_records_oom_and_bad_configs_and_measures_the_rest(bench, tmp_pat
     out = tmp_path / "r.json"
     result = bench["main"](["--device", "cpu", "--frames", "5", "--height", "32", "--width", "32", "--steps", "1",
                             "--sample-steps", "1", "--rank", "4", "--both-checkpointing", "--variant", "typo:train.no_such_key=1",
-                            "--variant", "r8:lora.rank=8", "--json", str(out), "--workdir", str(tmp_path / "work")])
+                            "--variant", "r8:lora.rank=8,warmup=0,sample=false", "--json", str(out), "--workdir", str(tmp_path / "work")])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     v = {r["name"]: r for r in result["variants"]}
     assert list(v) == ["checkpointing", "no_checkpointing", "typo", "r8"]
@@ -148,9 +148,11 @@ def test_matrix_records_oom_and_bad_configs_and_measures_the_rest(bench, tmp_pat
         assert r["phase"] == "done" and "error" not in r
         assert r["config"]["lora"]["rank"] == rank
         assert r["lora_params"] == 2 * rank * (6 * 64 + 2 * 64 + 2 * 96)  # per block: 8 d->d + ffn in/out
-        assert r["step_s"] > 0 and set(r["sample_step_s"]) == {"base", "unfused", "fused"}
+        assert r["step_s"] > 0 and len(r["step_times_s"]) == 1 and len(r["losses"]) == {4: 2, 8: 1}[rank]
         assert r["adapter_bytes"] == r["adapter_files"]["pytorch_lora_weights.safetensors"] > 4 * r["lora_params"]
     assert v["checkpointing"]["config"]["train"]["gradient_checkpointing"] is True
+    assert set(v["checkpointing"]["sample_step_s"]) == {"base", "unfused", "fused"}
+    assert "sample_step_s" not in v["r8"]  # sample=false
     assert result["summary_variant"] == "checkpointing" and result["step_s"] == v["checkpointing"]["step_s"]
     assert result["tokens"] == 2 * 2 * 2  # 5x32x32 -> latents 2x4x4 -> patches 2x2x2
     assert result["mfu"] is None  # no FLOP/s peak on a CPU
