@@ -86,6 +86,28 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_this_checkout() -> None:
+    """Where reelora is not installed (a bare GPU box with the checkout copied over), import it from this
+    checkout, each package where pyproject.toml's package-dir puts it (reelora.models -> models/, ...)."""
+    try:
+        import reelora.train  # noqa: F401
+        return
+    except ImportError:
+        pass
+    import importlib.util
+
+    for name, folder in (("reelora", "reelora"), ("reelora.data", "data"), ("reelora.models", "models"), ("reelora.train", "train")):
+        spec = importlib.util.spec_from_file_location(name, ROOT / folder / "__init__.py", submodule_search_locations=[str(ROOT / folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        if "." in name:
+            setattr(sys.modules["reelora"], name.split(".", 1)[1], module)
+
+
+_import_this_checkout()
 TEXT_LEN = 512  # WanSpec.max_text_len: Wan's cross-attention sees the padded prompt
 PROMPT_TOKENS = 64  # non-zero tokens of the stand-in prompt embedding; the rest is zero padding
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200", 989.0), ("H100", 989.0), ("A100", 312.0))
@@ -441,7 +463,8 @@ def run_variant(rec: dict, plan: dict, args: argparse.Namespace, spec, inputs: d
         if plan["sample"] and args.sample_steps:
             rec["phase"] = "sample"
             reset_memory(device)
-            rec["sample_step_s"] = time_sampling(spec, transformer, inputs, paths["diffusers"], args, device, plan["name"])
+            rec["sample_step_s"] = {}  # filled mode by mode: a failure in one keeps the ones before it
+            time_sampling(rec["sample_step_s"], spec, transformer, inputs, paths["diffusers"], args, device, plan["name"])
             rec["sample_peak_mem_gb"] = peak_memory_gb(device)["peak_mem_gb"]
         rec["phase"] = "done"
     finally:
@@ -457,8 +480,8 @@ def with_flow_shift(cfg, spec):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, flow_shift=spec.flow_shift))
 
 
-def time_sampling(spec, transformer, inputs: dict, adapter_file: Path, args, device: torch.device, name: str) -> dict:
-    """Median seconds per denoising step: base, the exported adapter attached (unfused), then fused."""
+def time_sampling(out: dict, spec, transformer, inputs: dict, adapter_file: Path, args, device: torch.device, name: str) -> None:
+    """Median seconds per denoising step into `out`: base, the exported adapter attached (unfused), then fused."""
     from reelora.models import adapters as adapter_io
     from reelora.models.spec import Components
 
@@ -489,17 +512,18 @@ def time_sampling(spec, transformer, inputs: dict, adapter_file: Path, args, dev
         # The first step carries the setup (timesteps, noise, first-call kernels): time the ones after it.
         return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
 
-    out = {"base": denoise()}
-    log(f"[{name}] sampling base: {out['base']:.3f} s/step (guidance {guidance}: 2 forwards per step)")
-    adapter = adapter_io.read_adapter(adapter_file, 1.0, spec.family)
-    names = adapter_io.attach(pipe, [adapter], model_name=f"Wan2.1 {args.size}")
-    out["unfused"] = denoise()
-    log(f"[{name}] sampling unfused adapter: {out['unfused']:.3f} s/step")
-    adapter_io.fuse(pipe, names)
-    out["fused"] = denoise()
-    log(f"[{name}] sampling fused adapter: {out['fused']:.3f} s/step")
-    inputs["vae"].to("cpu")
-    return out
+    try:
+        out["base"] = denoise()
+        log(f"[{name}] sampling base: {out['base']:.3f} s/step (guidance {guidance}: 2 forwards per step)")
+        adapter = adapter_io.read_adapter(adapter_file, 1.0, spec.family)
+        names = adapter_io.attach(pipe, [adapter], model_name=f"Wan2.1 {args.size}")
+        out["unfused"] = denoise()
+        log(f"[{name}] sampling unfused adapter: {out['unfused']:.3f} s/step")
+        adapter_io.fuse(pipe, names)
+        out["fused"] = denoise()
+        log(f"[{name}] sampling fused adapter: {out['fused']:.3f} s/step")
+    finally:
+        inputs["vae"].to("cpu")  # also after a failure: the next variant's peak must not include it
 
 
 # ---------------------------------------------------------------------------------------------------------
