@@ -63,8 +63,10 @@ text-side K/V); none for the patch, time, text embeddings and the text-side K/V 
 weights are frozen). It equals what torch's FlopCounterMode counts for a step with SDPA's math backend. Flash attention's backward recomputes the scores and checkpointing
 the blocks: neither is counted, so hardware utilisation is higher than both figures.
 
-Import needs: torch, diffusers, peft, accelerate, transformers, safetensors, PyYAML. Nothing here decodes video:
-PyAV, decord and webdataset are never imported (a test checks), so it runs where they are not installed.
+Import needs: torch, diffusers, peft, accelerate, transformers, safetensors, PyYAML, numpy. Nothing here decodes
+video: PyAV, decord and webdataset are never imported (a test checks), so it runs where they are not installed;
+reelora itself need not be installed either (run from the checkout, it imports the checkout's packages). On a
+CPU it uses one torch thread when the machine is busy (`--threads` overrides; see `auto_threads`).
 """
 from __future__ import annotations
 
