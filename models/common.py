@@ -134,3 +134,38 @@ def build_tiny(family: str, seed: int, components, builders: dict, max_text_len:
         c.scheduler = builders["scheduler"]()
     c.extra["max_text_len"] = max_text_len
     return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real-size architectures with random weights (benchmarks, shape checks): no download, cheap init
+
+
+def materialize(module: torch.nn.Module, *, device, dtype: torch.dtype, seed: int = 0, std: float = 0.02,
+                keep_fp32: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Give every meta parameter of `module` real random storage on `device`, in place; returns `module`.
+
+    For modules built under `accelerate.init_empty_weights()` (parameters on meta, buffers real, such as
+    rotary tables). Weights of 2+ dims draw from a uniform distribution of mean 0 and standard deviation
+    `std` (twice as fast as normal_ in bf16 on CPU: 8 s instead of 18 s for Wan 1.3B on 2 cores), biases are
+    zero and other 1-D weights (norm scales) one: deterministic for a seed, activations of sane size. A
+    parameter whose dotted name contains a module name from `keep_fp32` stays float32, as diffusers'
+    `from_pretrained(torch_dtype=...)` keeps a model's `_keep_in_fp32_modules`.
+    """
+    device = torch.device(device)
+    g = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, mod in module.named_modules():
+            for pname, p in list(mod._parameters.items()):
+                if p is None or not p.is_meta:
+                    continue
+                full = f"{name}.{pname}" if name else pname
+                dt = torch.float32 if any(k in full.split(".") for k in keep_fp32) else dtype
+                t = torch.empty(p.shape, device=device, dtype=dt)
+                if p.ndim >= 2:
+                    t.uniform_(-std * 3**0.5, std * 3**0.5, generator=g)
+                elif pname == "bias":
+                    t.zero_()
+                else:
+                    t.fill_(1.0)
+                mod._parameters[pname] = torch.nn.Parameter(t, requires_grad=p.requires_grad)
+    return module.to(device)  # the buffers (built real, on the CPU)

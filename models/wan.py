@@ -24,6 +24,19 @@ TINY_TRANSFORMER = dict(
 )
 TINY_MAX_TEXT_LEN = 64
 
+# The published Wan2.1 text-to-video transformers (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers, transformer/config.json),
+# for shape checks and benchmarks at the real size without downloading them (`published_transformer`).
+_WAN21_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
+    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None,
+    rope_max_seq_len=1024,
+)
+PUBLISHED_TRANSFORMER = {
+    "1.3b": dict(_WAN21_TRANSFORMER, num_attention_heads=12, ffn_dim=8960, num_layers=30),
+    "14b": dict(_WAN21_TRANSFORMER, num_attention_heads=40, ffn_dim=13824, num_layers=40),
+}
+PUBLISHED_IDS = {"1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers"}
+
 
 @dataclass
 class WanSpec:
@@ -123,6 +136,28 @@ class WanSpec:
         """Adapter files besides the diffusers one: key -> (file name, tensors, what the model card says)."""
         return {"comfyui": (COMFYUI_FILE, to_comfyui(sd, alpha),
                             "the same weights under the original Wan module names for ComfyUI")}
+
+
+def published_transformer(size: str = "1.3b", *, device="meta", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A Wan2.1 transformer of a published size ("1.3b", "14b") with random weights, nothing downloaded.
+
+    Built on the meta device (no memory, no init time); with a real `device` its weights are then drawn
+    there in `dtype` (models.common.materialize: normal(0, 0.02), fixed seed), the modules diffusers keeps in
+    float32 when loading in half precision (`_keep_in_fp32_modules`) in float32 as `from_pretrained` does.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    from reelora.models.common import materialize
+
+    if size not in PUBLISHED_TRANSFORMER:
+        raise ValueError(f"unknown Wan2.1 size {size!r}; published: {', '.join(PUBLISHED_TRANSFORMER)}")
+    with init_empty_weights(include_buffers=False):  # rotary tables stay real: they are computed, not loaded
+        transformer = WanTransformer3DModel(**PUBLISHED_TRANSFORMER[size])
+    if torch.device(device).type != "meta":
+        keep = tuple(transformer._keep_in_fp32_modules or ()) if dtype != torch.float32 else ()
+        materialize(transformer, device=device, dtype=dtype, seed=seed, keep_fp32=keep)
+    return transformer.eval()
 
 
 def _latent_stats(vae, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

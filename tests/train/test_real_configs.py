@@ -6,17 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from reelora.models.wan import PUBLISHED_TRANSFORMER
 from reelora.train.config import load_config
 
 ROOT = Path(__file__).parents[2]
 
-# Wan2.1-T2V-14B's published transformer config (Wan-AI/Wan2.1-T2V-14B-Diffusers, transformer/config.json).
-WAN_14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-               text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-               eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)
-# The 1.3B differs in width, FFN and depth (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, transformer/config.json).
-WAN_1_3B = {**WAN_14B, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30}
-PUBLISHED = {"Wan-AI/Wan2.1-T2V-14B-Diffusers": WAN_14B, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": WAN_1_3B}
+# The published transformer configs (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers, transformer/config.json) live in models/wan.py.
+WAN_14B = PUBLISHED_TRANSFORMER["14b"]
+PUBLISHED = {"Wan-AI/Wan2.1-T2V-14B-Diffusers": WAN_14B, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": PUBLISHED_TRANSFORMER["1.3b"]}
 # (lowest, highest) base parameters: what the names promise.
 BASE_PARAMS = {"Wan-AI/Wan2.1-T2V-14B-Diffusers": (14.0e9, 14.5e9), "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": (1.40e9, 1.44e9)}
 
@@ -91,8 +88,9 @@ def test_wan_14b_config_numbers_its_header_states():
 def test_wan_14b_fsdp_wrap_units(tmp_path):
     """train/parallel.py's `parallelize` on the 14B (meta device, a one-process gloo group): one FSDP unit per
     block plus the root, every parameter sharded, and a block unit is one block's base + its LoRA."""
+    from types import SimpleNamespace
+
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
@@ -104,11 +102,12 @@ def test_wan_14b_fsdp_wrap_units(tmp_path):
     assert not dist.is_initialized()
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
-        parallel.parallelize(transformer, family_spec("wan"), cfg, init_device_mesh("cpu", (1,)))
+        parallel.parallelize(transformer, family_spec("wan"), cfg, parallel.data_parallel_mesh(SimpleNamespace(device=torch.device("cpu"), num_processes=1)))
         units = [name for name, m in transformer.named_modules() if isinstance(m, FSDPModule)]
         assert units == ["", *(f"blocks.{i}" for i in range(40))]
         assert all(isinstance(p, DTensor) for p in transformer.parameters())
         assert sum(p.numel() for p in transformer.blocks[7].parameters()) == 351_394_304 + 153_354_240 // 40
         assert transformer.gradient_checkpointing  # train.gradient_checkpointing, applied before sharding
     finally:
-        dist.destroy_process_group()
+        del transformer
+        parallel.end_process_group()  # joins gloo's threads (see train/parallel.py)
