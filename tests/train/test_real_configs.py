@@ -5,14 +5,10 @@ from pathlib import Path
 
 import torch
 
+from reelora.models.wan import WAN_1_3B, WAN_14B  # the published configs (also used by `reelora plan`)
 from reelora.train.config import load_config
 
 ROOT = Path(__file__).parents[2]
-
-# Wan2.1-T2V-14B's published transformer config (Wan-AI/Wan2.1-T2V-14B-Diffusers, transformer/config.json).
-WAN_14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-               text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-               eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)
 
 
 def test_wan_14b_fsdp_config_on_the_published_architecture():
@@ -46,7 +42,7 @@ def test_wan_1_3b_config_on_the_published_architecture():
     cfg = load_config(ROOT / "configs" / "wan2.1-t2v-1.3b-lora.yaml")
     r = cfg.lora.rank
     with torch.device("meta"):
-        transformer = WanTransformer3DModel(**{**WAN_14B, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30})
+        transformer = WanTransformer3DModel(**WAN_1_3B)
         attach_lora(transformer, rank=r, alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules)
     base = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
     assert 1.40e9 < base < 1.44e9
