@@ -1,0 +1,160 @@
+"""`reelora plan` / train/plan.py: exact counts on the published Wan configs, the activation formula against the
+tensors autograd really saves, the parallel modes, and the command line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reelora.cli import main
+from reelora.train import plan as P
+from reelora.train.config import TrainConfig, load_config
+
+ROOT = Path(__file__).parents[2]
+CFG_1_3B = ROOT / "configs" / "wan2.1-t2v-1.3b-lora.yaml"
+CFG_14B = ROOT / "configs" / "wan2.1-t2v-14b-lora-fsdp.yaml"
+
+
+def test_parameter_counts_of_the_published_wan_configs():
+    """Built on the meta device: 1.3B ~1.42e9 base params and 300 LoRA layers (43.7M at rank 32); 14B likewise."""
+    cfg = load_config(CFG_1_3B)
+    assert cfg.lora.rank == 32
+    c = P.count_parameters(P.architecture(cfg.model), cfg.lora.rank, cfg.lora.target_modules)
+    assert c.base == 1_418_996_800 and c.blocks == 30
+    assert c.lora_layers == 300
+    assert c.lora == 30 * (8 * 32 * (1536 + 1536) + 2 * 32 * (1536 + 8960)) == 43_745_280
+    # fp8 layerwise casting narrows the blocks' Linear layers only: not each block's scale_shift_table (6 x dim),
+    # norm2 affine (2 x dim) and q/k RMSNorms (4 x dim), nor the embedders and head outside the blocks.
+    assert c.fp8_able == 30 * (c.base_block - 12 * 1536)
+    c14 = P.count_parameters(P.architecture("Wan-AI/Wan2.1-T2V-14B-Diffusers"), 32, None)  # null = the family's targets
+    assert c14.base == 14_288_491_584 and c14.blocks == 40 and c14.lora_layers == 400
+    assert c14.lora == 40 * (8 * 32 * (5120 + 5120) + 2 * 32 * (5120 + 13824))
+
+
+def test_latents_and_tokens_of_a_480p_clip():
+    arch = P.architecture("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    latent = P.latent_shape(arch, 81, 480, 832)
+    assert latent == (16, 21, 60, 104)  # (81 - 1) / 4 + 1 frames, 8x spatial
+    assert P.tokens(arch, latent) == 21 * 30 * 52 == 32_760  # patch (1, 2, 2)
+
+
+def test_weight_and_optimizer_rows_follow_the_dtypes():
+    cfg = load_config(CFG_1_3B)
+    arch = P.architecture(cfg.model)
+    counts = P.count_parameters(arch, 32, cfg.lora.target_modules)
+    bf16 = P.estimate(cfg, arch=arch, counts=counts)
+    assert bf16.rows["frozen base weights"] == pytest.approx(counts.base * 2 / P.GIB)
+    assert bf16.rows["optimizer state (adamw)"] == pytest.approx(counts.lora * 8 / P.GIB)
+    fp32 = P.estimate(load_config(CFG_1_3B, ["train.mixed_precision='no'", "optim.name=adamw8bit"]), arch=arch, counts=counts)
+    assert fp32.rows["frozen base weights"] == pytest.approx(counts.base * 4 / P.GIB)
+    assert fp32.rows["optimizer state (adamw8bit)"] == pytest.approx(counts.lora * 2 / P.GIB)
+    # Checkpointing keeps far less than the 30 blocks' full activations.
+    assert bf16.total_gib["checkpointing"] < bf16.total_gib["no_checkpointing"] / 4
+    # Twice the batch, twice the activations; the weights do not move.
+    b2 = P.estimate(load_config(CFG_1_3B, ["train.batch_size=2"]), arch=arch, counts=counts)
+    assert b2.activations["checkpointing"]["stored"] == pytest.approx(2 * bf16.activations["checkpointing"]["stored"])
+    assert b2.rows == bf16.rows
+
+
+def test_fsdp_holds_less_per_gpu_than_ddp():
+    arch = P.architecture("Wan-AI/Wan2.1-T2V-14B-Diffusers")
+    counts = P.count_parameters(arch, 32, None)
+    fsdp = P.estimate(load_config(CFG_14B), gpus=8, arch=arch, counts=counts)
+    ddp = P.estimate(load_config(CFG_14B, ["train.parallel=ddp"]), gpus=8, arch=arch, counts=counts)
+    assert fsdp.parallel == "fsdp" and ddp.parallel == "ddp"
+    assert fsdp.rows["frozen base weights"] == pytest.approx(ddp.rows["frozen base weights"] / 8)
+    assert "gathered blocks (FSDP, 2 in flight)" in fsdp.rows and "DDP gradient buckets (fp32)" in ddp.rows
+    for key in ("checkpointing", "no_checkpointing"):
+        assert fsdp.total_gib[key] < ddp.total_gib[key] - 20  # 26.6 GiB of bf16 base vs 3.3 + two blocks
+    one = P.estimate(load_config(CFG_14B), gpus=1, arch=arch, counts=counts)  # one process: nothing to shard over
+    assert one.parallel == "ddp" and one.rows["frozen base weights"] == pytest.approx(ddp.rows["frozen base weights"])
+
+
+def test_fp8_and_offload_options_plug_in_by_name():
+    """Whatever train.* fp8 / offload fields TrainConfig grows, memory_options reads them (one place)."""
+    @dataclasses.dataclass
+    class WithMemoryOptions(TrainConfig):
+        base_fp8: bool = True
+        offload_base: bool = True
+
+    cfg = load_config(CFG_1_3B)
+    arch = P.architecture(cfg.model)
+    counts = P.count_parameters(arch, 32, cfg.lora.target_modules)
+    plain = P.estimate(cfg, arch=arch, counts=counts)
+    assert P.memory_options(cfg) == {"storage_bytes": None, "offload": False}
+    mem = dataclasses.replace(cfg, train=WithMemoryOptions(**dataclasses.asdict(cfg.train)))
+    assert P.memory_options(mem) == {"storage_bytes": 1, "offload": True}
+    fp8 = P.estimate(mem, arch=arch, counts=counts)
+    [row] = [v for k, v in fp8.rows.items() if k.startswith("frozen base weights")]
+    # Offloaded fp8 base: the non-block params plus two blocks, far below the 2.6 GiB bf16 base.
+    assert row < plain.rows["frozen base weights"] / 5
+
+
+# A small real Wan (the block structure of the published ones, narrow) to measure saved tensors on.
+SMALL_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=16, out_channels=16,
+                 text_dim=64, freq_dim=32, ffn_dim=384, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                 rope_max_seq_len=64)
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_estimate_matches_the_saved_tensors_of_a_real_forward(mixed_precision, checkpointing):
+    """The formula vs the bytes autograd saves in WanSpec.forward on a small Wan with LoRA: within 15%."""
+    from diffusers import WanTransformer3DModel
+
+    from reelora.models.lora import attach_lora
+    from reelora.models.wan import WanSpec
+
+    rank, text_len, frames, side = 8, 24, 3, 16  # latents 16 x 3 x 16 x 16 -> 192 tokens
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(**SMALL_WAN)
+    half = mixed_precision == "bf16"
+    if half:  # as training stores the frozen base (LoRA stays fp32, autocast computes in bf16)
+        model.to(torch.bfloat16)
+    attach_lora(model, rank=rank, alpha=rank, target_modules=list(WanSpec.lora_targets))
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    latents = torch.randn(1, 16, frames, side, side)
+    text = {"prompt_embeds": torch.randn(1, text_len, SMALL_WAN["text_dim"])}
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+            pred, target = WanSpec().forward(None, model, latents, torch.randn_like(latents), torch.rand(1), text)
+            return ((pred - target) ** 2).mean()
+
+    measured = P.measure_saved_bytes(forward, model)
+    arch = P.Architecture("small", P._with_defaults(WanTransformer3DModel, SMALL_WAN), 4, 8, 16, text_len, (9, 128, 128))
+    counts = P.count_parameters(arch, rank, None)
+    est = P.activation_bytes(arch, counts, P.tokens(arch, tuple(latents.shape[1:])), latents.numel(), rank, half, checkpointing)
+    assert 0.85 < est["stored"] / measured < 1.15, (est["stored"], measured)
+
+
+def test_plan_command_prints_a_verdict(capsys):
+    assert main(["plan", "--config", str(CFG_1_3B), "--gpu-gb", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "1,418,996,800 base params, 43,745,280 LoRA params in 300 layers" in out
+    assert "32,760 tokens" in out and "verdict: fits on 24 GB per GPU" in out
+    assert main(["plan", "--config", str(CFG_1_3B), "--gpu-gb", "4", "--frames", "33"]) == 0  # 2.6 GiB of base + 1 fixed + ...
+    out = capsys.readouterr().out
+    assert "verdict: does not fit on 4 GB per GPU" in out and "33x480x832" in out
+    assert main(["plan", "--config", str(CFG_14B), "--gpus", "8", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["parallel"] == "fsdp" and data["params"] == 14_288_491_584 and set(data["fits"]) == {"24", "48", "80"}
+    assert data["configured"] == "checkpointing" and data["total_gib"]["checkpointing"] < data["total_gib"]["no_checkpointing"]
+
+
+def test_plan_command_names_a_bad_key_or_model(capsys):
+    assert main(["plan", "--config", str(CFG_1_3B), "lora.rnk=8"]) == 2
+    assert "unknown config key 'lora.rnk'" in capsys.readouterr().err
+    assert main(["plan", "--config", str(CFG_1_3B), "model=tiny-ltx"]) == 2
+    assert "Wan block structure only" in capsys.readouterr().err
+
+
+def test_training_start_summary(tmp_path):
+    cfg = load_config(ROOT / "configs" / "tiny-wan.yaml")
+    text = P.start_summary(cfg, 1, [(9, 32, 32), None, (17, 32, 32)], torch.device("cpu"))
+    assert "memory plan for tiny-wan" in text and "17x32x32 frames" in text and "(no GPU: no verdict)" in text
+    assert "not available" in P.start_summary(dataclasses.replace(cfg, model="tiny-ltx"), 1, [])
