@@ -158,3 +158,11 @@ def test_training_start_summary(tmp_path):
     text = P.start_summary(cfg, 1, [(9, 32, 32), None, (17, 32, 32)], torch.device("cpu"))
     assert "memory plan for tiny-wan" in text and "17x32x32 frames" in text and "(no GPU: no verdict)" in text
     assert "not available" in P.start_summary(dataclasses.replace(cfg, model="tiny-ltx"), 1, [])
+
+
+def test_training_prints_the_plan_at_start(tmp_path, shards, cache):
+    from tests.train.conftest import cfg_args, train_py
+
+    r = train_py(*cfg_args(tmp_path / "run", shards, cache, "train.max_steps=1", "train.checkpoint_every=0"))
+    assert r.returncode == 0, r.stderr
+    assert "memory plan for tiny-wan: 1 GPU(s), ddp" in r.stdout and "activations kept through the forward" in r.stdout
