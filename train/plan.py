@@ -215,9 +215,10 @@ def block_activation_bytes(s: int, text_len: int, dim: int, ffn: int, heads: int
     return s * dim * 15 * 4 + s * ffn * 2 * 4 + s * rank * 8 * 4 + text_len * dim * 3 * 4 + text_len * rank * 2 * 4 + stats
 
 
-def head_activation_bytes(s: int, text_len: int, dim: int, latent_elems: int) -> int:
-    """Outside the blocks: the fp32 input of norm_out, the loss's fp32 difference, the text embedder's fp32 output."""
-    return s * dim * 4 + latent_elems * 4 + text_len * dim * 4
+def head_activation_bytes(s: int, text_len: int, dim: int, latent_elems: int, half: bool) -> int:
+    """Outside the blocks: the fp32 input of norm_out, the loss's fp32 difference, the text embedder's output
+    (half under autocast) that every block's cross-attention reads."""
+    return s * dim * 4 + latent_elems * 4 + text_len * dim * (2 if half else 4)
 
 
 def activation_bytes(arch: Architecture, counts: Counts, s: int, latent_elems: int, rank: int, half: bool,
@@ -226,7 +227,7 @@ def activation_bytes(arch: Architecture, counts: Counts, s: int, latent_elems: i
     t = arch.transformer
     lora_block = counts.lora // counts.blocks
     block = block_activation_bytes(s, arch.text_len, arch.dim, t["ffn_dim"], t["num_attention_heads"], rank, lora_block, half)
-    head = head_activation_bytes(s, arch.text_len, arch.dim, latent_elems)
+    head = head_activation_bytes(s, arch.text_len, arch.dim, latent_elems, half)
     # While a block runs backward, the gradients of its activations live: a few tokens x dim in fp32 (the
     # residual stream's gradient and its copies) and the two tokens x ffn of the FFN. Read from the block
     # structure, not measured (CPU has no allocator peak to read): a GPU run checks it.
