@@ -11,9 +11,9 @@
   (see `block_activation_bytes`; the constants were read off the tensors `saved_tensors_hooks` sees in a
   real forward of WanSpec.forward, and tests/train/test_plan.py checks the sum against a measurement).
   Without checkpointing every block's tensors stay until backward; with it only each block's input does,
-  and backward recomputes one block at a time. Backward also holds the gradients of one block's
-  activations while it runs (a few tokens x dim in fp32, two tokens x ffn; from the structure, not yet
-  measured on GPU).
+  and backward recomputes one block at a time. Backward also holds gradients of one block's activations
+  while it runs (a few tokens x ffn and one fp32 tokens x dim, read off CPU allocator peaks with
+  `measure_peak_bytes`; not yet compared on a GPU).
 * **Parallel mode**: ddp keeps the whole base on every GPU; fsdp (more than one GPU) keeps 1/N of the base
   and of the LoRA state plus two gathered blocks (FSDP2 gathers the next block while one computes).
 * **Fixed**: CUDA context, cuBLAS/NCCL workspaces and allocator slack, CUDA_OVERHEAD_GIB (an assumption).
@@ -228,10 +228,12 @@ def activation_bytes(arch: Architecture, counts: Counts, s: int, latent_elems: i
     lora_block = counts.lora // counts.blocks
     block = block_activation_bytes(s, arch.text_len, arch.dim, t["ffn_dim"], t["num_attention_heads"], rank, lora_block, half)
     head = head_activation_bytes(s, arch.text_len, arch.dim, latent_elems, half)
-    # While a block runs backward, the gradients of its activations live: a few tokens x dim in fp32 (the
-    # residual stream's gradient and its copies) and the two tokens x ffn of the FFN. Read from the block
-    # structure, not measured (CPU has no allocator peak to read): a GPU run checks it.
-    grads = s * (4 * arch.dim * 4 + 2 * t["ffn_dim"] * (2 if half else 4))
+    # While a block runs backward, gradients of its activations live besides what it saved. The allocator peaks
+    # (`measure_peak_bytes`, BENCHMARKS.md "Memory plan vs measured") come in the FFN's backward: about one
+    # tokens x ffn gradient in the compute dtype plus the residual stream's fp32 one; under half autocast
+    # without checkpointing about four tokens x ffn (measured on CPU: 4-6 half tokens x ffn).
+    ffn_grads = 4 if half and not checkpointing else 1
+    grads = s * (ffn_grads * t["ffn_dim"] * (2 if half else 4) + arch.dim * 4)
     if checkpointing:
         # Each block keeps only its input hidden states; backward recomputes one block's saved tensors at a time.
         return {"stored": counts.blocks * s * arch.dim * (2 if half else 4) + head, "backward": block + grads}
@@ -257,6 +259,23 @@ def measure_saved_bytes(run, module: torch.nn.Module) -> int:
         out = run()
     del out
     return sum(seen.values())
+
+
+def measure_peak_bytes(step) -> int:
+    """Peak bytes the CPU allocator holds during `step()` above what it held before (torch.profiler's per-op
+    allocations and frees, in order). Run a warm-up step first so optimizer/gradient buffers already exist.
+
+    What `activation_bytes`' stored + backward is checked against on CPU (tests/train/test_plan.py).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    current = peak = 0
+    for event in sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage  # self: an op's own allocations, not its children's again
+        peak = max(peak, current)
+    return peak
 
 
 # ---------------------------------------------------------------------------------------------------------

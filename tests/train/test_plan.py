@@ -99,8 +99,10 @@ SMALL_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim
                  rope_max_seq_len=64)
 
 
-def saved_vs_estimate(transformer_config: dict, mixed_precision: str, checkpointing: bool, rank: int, text_len: int) -> float:
-    """Estimated / measured saved-tensor bytes of WanSpec.forward on latents 16 x 3 x 16 x 16 (192 tokens)."""
+def plan_vs_measured(transformer_config: dict, mixed_precision: str, checkpointing: bool, rank: int,
+                     text_len: int) -> tuple[float, float]:
+    """Estimated / measured on WanSpec.forward, latents 16 x 3 x 16 x 16 (192 tokens): (saved-tensor bytes of the
+    forward vs the plan's stored activations, CPU allocator peak of a training step vs stored + backward)."""
     from diffusers import WanTransformer3DModel
 
     from reelora.models.lora import attach_lora
@@ -122,29 +124,34 @@ def saved_vs_estimate(transformer_config: dict, mixed_precision: str, checkpoint
             pred, target = WanSpec().forward(None, model, latents, torch.randn_like(latents), torch.rand(1), text)
             return ((pred - target) ** 2).mean()
 
-    measured = P.measure_saved_bytes(forward, model)
+    forward().backward()  # the LoRA gradients exist from here on, as in training after its first step
+    saved = P.measure_saved_bytes(forward, model)
+    peak = P.measure_peak_bytes(lambda: forward().backward())
     arch = P.Architecture("measured", P._with_defaults(WanTransformer3DModel, transformer_config), 4, 8, 16, text_len, (9, 128, 128))
     counts = P.count_parameters(arch, rank, None)
     est = P.activation_bytes(arch, counts, P.tokens(arch, tuple(latents.shape[1:])), latents.numel(), rank, half, checkpointing)
-    return est["stored"] / measured
+    return est["stored"] / saved, (est["stored"] + est["backward"]) / peak
 
 
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_activation_estimate_matches_the_saved_tensors_of_a_real_forward(mixed_precision, checkpointing):
-    """The formula vs the bytes autograd saves in WanSpec.forward on a small Wan with LoRA: within 15% (it is within 2%)."""
-    assert 0.85 < saved_vs_estimate(SMALL_WAN, mixed_precision, checkpointing, rank=8, text_len=24) < 1.15
+def test_activation_estimate_matches_a_real_forward_and_backward(mixed_precision, checkpointing):
+    """The formula vs what a small Wan with LoRA really saves and peaks at on CPU: within 15% (it is within 5%)."""
+    saved, peak = plan_vs_measured(SMALL_WAN, mixed_precision, checkpointing, rank=8, text_len=24)
+    assert 0.85 < saved < 1.15 and 0.85 < peak < 1.15, (saved, peak)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
-def test_activation_estimate_at_the_1_3b_block_width(mixed_precision):
-    """Two blocks of the published 1.3B (dim 1536, FFN 8960), 512 text tokens, rank 32, checkpointing on and off."""
+def test_activation_estimate_at_the_1_3b_block_width():
+    """Two blocks of the published 1.3B (dim 1536, FFN 8960), 512 text tokens, rank 32, checkpointing on and off.
+
+    fp32 only: bf16 matmuls this wide took up to 6 minutes on the 2 shared CPU cores (its figures, measured once,
+    are in BENCHMARKS.md; the small-config test covers bf16)."""
     from reelora.models.wan import WAN_1_3B
 
     for checkpointing in (False, True):
-        ratio = saved_vs_estimate({**WAN_1_3B, "num_layers": 2}, mixed_precision, checkpointing, rank=32, text_len=512)
-        assert 0.85 < ratio < 1.15, (checkpointing, ratio)
+        saved, peak = plan_vs_measured({**WAN_1_3B, "num_layers": 2}, "no", checkpointing, rank=32, text_len=512)
+        assert 0.85 < saved < 1.15 and 0.85 < peak < 1.15, (checkpointing, saved, peak)
 
 
 def test_plan_command_prints_a_verdict(capsys):
