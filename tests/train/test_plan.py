@@ -188,3 +188,22 @@ def test_training_prints_the_plan_at_start(tmp_path, shards, cache):
     r = train_py(*cfg_args(tmp_path / "run", shards, cache, "train.max_steps=1", "train.checkpoint_every=0"))
     assert r.returncode == 0, r.stderr
     assert "memory plan for tiny-wan: 1 GPU(s), ddp" in r.stdout and "activations kept through the forward" in r.stdout
+
+
+def test_a_local_wan_directory_is_read_from_its_config_files(tmp_path):
+    """A diffusers directory: transformer/config.json and vae/config.json give the shapes (no weights needed)."""
+    from reelora.models.wan import PUBLISHED_VAE, WAN_1_3B
+
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", **WAN_1_3B}))
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", **PUBLISHED_VAE}))
+    cfg = load_config(CFG_1_3B, [f"model={tmp_path}"])
+    plan = P.estimate(cfg)
+    assert plan.params == 1_418_996_800 and plan.tokens == 32_760
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "LTXPipeline"}))
+    with pytest.raises(P.PlanError, match="LTXPipeline"):
+        P.architecture(str(tmp_path))
+    with pytest.raises(P.PlanError, match="no transformer/config.json"):
+        P.architecture(str(tmp_path / "missing"))
