@@ -390,6 +390,9 @@ def estimate(cfg, *, gpus: int = 1, shape: tuple[int, int, int] | None = None, c
     if cfg.data.cache is None:
         notes.append("data.cache is null: the VAE and the text encoder (UMT5-XXL for Wan: ~11 GiB in bf16) also sit "
                      "on the GPU and are not counted here; build a cache with `reelora cache`")
+    if cfg.lora.dropout > 0:
+        notes.append(f"lora.dropout={cfg.lora.dropout:g} keeps a dropped-out copy of each adapted layer's input "
+                     f"({counts.lora_layers} layers), not counted here")
     if cfg.train.parallel == "fsdp" and gpus == 1:
         notes.append("train.parallel=fsdp with one GPU runs unsharded (as ddp)")
     return Plan(cfg.model, gpus, "fsdp" if fsdp else "ddp", cfg.train.mixed_precision, cfg.optim.name, b, shape,
