@@ -24,18 +24,19 @@ TINY_TRANSFORMER = dict(
 )
 TINY_MAX_TEXT_LEN = 64
 
-# The published Wan2.1 text-to-video transformers (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers, transformer/config.json),
-# for shape checks and benchmarks at the real size without downloading them (`published_transformer`).
-_WAN21_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
-    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None,
-    rope_max_seq_len=1024,
-)
-PUBLISHED_TRANSFORMER = {
-    "1.3b": dict(_WAN21_TRANSFORMER, num_attention_heads=12, ffn_dim=8960, num_layers=30),
-    "14b": dict(_WAN21_TRANSFORMER, num_attention_heads=40, ffn_dim=13824, num_layers=40),
-}
+# The published Wan2.1 text-to-video transformers (transformer/config.json of Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers),
+# so real-size shapes can be built on the meta device offline (tests, `reelora plan`, benchmarks/wan_realsize.py).
+WAN_14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+               text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+               eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)
+WAN_1_3B = {**WAN_14B, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30}
 PUBLISHED_IDS = {"1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers"}
+PUBLISHED_TRANSFORMER = {"1.3b": WAN_1_3B, "14b": WAN_14B}
+"""By size name (`published_transformer`, the benchmark's --size)."""
+PUBLISHED_TRANSFORMERS = {PUBLISHED_IDS[size]: config for size, config in PUBLISHED_TRANSFORMER.items()}
+"""By hub id (`reelora plan`, the real-config tests)."""
+PUBLISHED_VAE = dict(scale_factor_temporal=4, scale_factor_spatial=8, z_dim=16)
+"""The Wan2.1 VAE's compression (both sizes share it): 4x in time ((F - 1) / 4 + 1 latent frames), 8x in space, 16 channels."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ from reelora import __version__
 _COMMAND_MODULES = (
     "reelora.models.cli",  # models show, sample
     "reelora.data.cli",  # shards build/audit/takedown
-    "reelora.train.cli",  # cache
+    "reelora.train.cli",  # cache, plan
     "reelora.models.sample_cli",  # sample
     "reelora.demo.cli",  # base build
     "reelora.research",  # sweep, sufficiency

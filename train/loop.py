@@ -17,6 +17,7 @@ import torch
 from reelora.data.shards import ShardError, ShardSet
 from reelora.train import checkpoint, parallel
 from reelora.train.config import Config, ConfigError
+from reelora.train.plan import start_summary
 from reelora.train.batches import ClipDataset, DataError, StreamBatches, batches
 from reelora.train.step import NonFiniteError, StepContext, train_step
 
@@ -55,6 +56,8 @@ def _run(cfg: Config, accelerator) -> int:
     if accelerator.is_main_process:  # a save cut short (crash, full disk) left a temporary folder behind
         checkpoint.remove_partial(out)
     data = open_training_data(cfg)
+    if accelerator.is_main_process:  # the memory plan for this run's clips, before any weight loads (train/plan.py)
+        print(start_summary(cfg, accelerator.num_processes, [c.shape for c in data["clips"]], accelerator.device), flush=True)
     val_clips = open_validation_clips(cfg, data)
 
     spec, comps = load_backbone(cfg, accelerator, cached=data["cache"] is not None)

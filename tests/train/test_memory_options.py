@@ -92,7 +92,7 @@ def test_fp8_halves_the_stored_base_of_wan_1_3b_in_bf16():
     from diffusers import WanTransformer3DModel
 
     from reelora.models.lora import attach_lora
-    from tests.train.test_real_configs import WAN_14B
+    from reelora.models.wan import WAN_14B
 
     def build():
         with torch.device("meta"):

@@ -6,14 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from reelora.models.wan import PUBLISHED_TRANSFORMER
+from reelora.models.wan import PUBLISHED_TRANSFORMERS, WAN_14B  # the published configs (also used by `reelora plan`)
 from reelora.train.config import load_config
 
 ROOT = Path(__file__).parents[2]
 
-# The published transformer configs (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers, transformer/config.json) live in models/wan.py.
-WAN_14B = PUBLISHED_TRANSFORMER["14b"]
-PUBLISHED = {"Wan-AI/Wan2.1-T2V-14B-Diffusers": WAN_14B, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": PUBLISHED_TRANSFORMER["1.3b"]}
+PUBLISHED = PUBLISHED_TRANSFORMERS
 # (lowest, highest) base parameters: what the names promise.
 BASE_PARAMS = {"Wan-AI/Wan2.1-T2V-14B-Diffusers": (14.0e9, 14.5e9), "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": (1.40e9, 1.44e9)}
 
