@@ -100,7 +100,7 @@ and 80 GB cards). Training prints the same plan at start. How each figure is com
 measured comparisons: BENCHMARKS.md.
 
   reelora plan --config configs/wan2.1-t2v-1.3b-lora.yaml --gpu-gb 24
-  reelora plan --config configs/wan2.1-t2v-14b-lora-fsdp.yaml --gpus 8 --gpu-gb 80 --frames 33
+  reelora plan --config configs/wan2.1-t2v-14b-lora.yaml --gpus 8 --gpu-gb 80 --frames 33
 """
 
 

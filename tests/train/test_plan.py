@@ -15,7 +15,7 @@ from reelora.train.config import load_config
 
 ROOT = Path(__file__).parents[2]
 CFG_1_3B = ROOT / "configs" / "wan2.1-t2v-1.3b-lora.yaml"
-CFG_14B = ROOT / "configs" / "wan2.1-t2v-14b-lora-fsdp.yaml"
+CFG_14B = ROOT / "configs" / "wan2.1-t2v-14b-lora.yaml"
 
 
 def test_parameter_counts_of_the_published_wan_configs():
