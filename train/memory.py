@@ -13,7 +13,10 @@ exported adapter are the same as without them.
   at a time for their forward (and for the recompute in backward), with diffusers' group-offloading hook
   (`hooks.group_offloading.ModuleGroup`). `enable_group_offload` itself cannot be used for training: it moves
   every parameter of a block, LoRA included, so after backward the optimizer would find the LoRA weights on
-  the CPU and their gradients on the GPU. Here each group holds only the frozen parameters and buffers.
+  the CPU and their gradients on the GPU. Here each group holds only the frozen parameters and buffers. In
+  backward a group goes back to the CPU once its blocks' backward is done, not at the end of their recompute:
+  autograd saved some of those weights themselves (a norm's weight), and moving them away before the
+  backward uses them breaks it (measured on an H100: "Recomputed values ... have different metadata").
 - train.compile_blocks=BACKEND: `ModelMixin.compile_repeated_blocks` (torch.compile of each transformer
   block, which the model names in `_repeated_blocks`): one compile serves all blocks.
 
@@ -24,6 +27,8 @@ lower than without the tool (fp8: higher, the fp8 copy comes on top). With check
 being recomputed holds such copies.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -72,8 +77,7 @@ def offload_frozen_blocks(transformer: torch.nn.Module, blocks: torch.nn.ModuleL
     Everything else (embeddings, head, the LoRA weights) goes to `device` and stays there.
     """
     from diffusers.hooks import HookRegistry
-    from diffusers.hooks.group_offloading import (GroupOffloadingConfig, GroupOffloadingHook, GroupOffloadingType,
-                                                  ModuleGroup)
+    from diffusers.hooks.group_offloading import GroupOffloadingConfig, GroupOffloadingType, ModuleGroup
 
     device, cpu = torch.device(device), torch.device("cpu")
     in_blocks = set()
@@ -102,8 +106,41 @@ def offload_frozen_blocks(transformer: torch.nn.Module, blocks: torch.nn.ModuleL
                             stream=stream, record_stream=False, low_cpu_mem_usage=False, onload_self=True,
                             group_id=f"blocks_{i}_{i + len(members) - 1}")
         for m in members:
-            HookRegistry.check_if_exists_or_initialize(m).register_hook(GroupOffloadingHook(group, config=config),
+            HookRegistry.check_if_exists_or_initialize(m).register_hook(_training_offload_hook()(group, config=config),
                                                                          _GROUP_OFFLOADING)
+
+
+@functools.cache
+def _training_offload_hook() -> type:
+    from diffusers.hooks.group_offloading import GroupOffloadingHook
+
+    class TrainingOffloadHook(GroupOffloadingHook):
+        """diffusers' group-offloading hook, for checkpoint recomputes in backward too. Backward runs the blocks
+        last first, so there the group's first recomputed block onloads it (diffusers onloads at the group's
+        first block in forward order), and the recompute leaves it onloaded: `checkpoint_whole_block` offloads
+        it once the backward of the group's first block is done."""
+
+        def pre_forward(self, module, *args, **kwargs):
+            if torch._C._current_graph_task_id() != -1:  # inside backward: a checkpoint recompute
+                params = self.group.parameters or self.group.buffers
+                if params and params[0].device == self.group.offload_device:
+                    self.group.onload_()
+                return args, kwargs  # the recompute's inputs are the forward's, already on the device
+            return super().pre_forward(module, *args, **kwargs)
+
+        def post_forward(self, module, output):
+            if torch._C._current_graph_task_id() != -1:  # inside backward: a checkpoint recompute
+                return output
+            return super().post_forward(module, output)
+
+    return TrainingOffloadHook
+
+
+def _offload_group(module):
+    """The offload group whose first block is `module` (the last of the group whose backward runs), or None."""
+    registry = getattr(module, "_diffusers_hook", None)
+    hook = registry.get_hook(_GROUP_OFFLOADING) if registry is not None else None
+    return hook.group if hook is not None and hook.group.onload_leader is module else None
 
 
 def trainable_to(transformer: torch.nn.Module, device: torch.device) -> None:
@@ -114,11 +151,18 @@ def trainable_to(transformer: torch.nn.Module, device: torch.device) -> None:
 
 
 def checkpoint_whole_block(function, *args, **kwargs):
-    """diffusers' default checkpoint (non-reentrant), recomputing the whole block so its post-forward hooks run."""
+    """diffusers' default checkpoint (non-reentrant), recomputing the whole block so its post-forward hooks run
+    (fp8: each layer back to fp8 storage). An offload group goes back to the CPU when the gradient of its first
+    block's input is complete, i.e. when the group's backward is done (a group whose input needs no gradient,
+    the first one, stays onloaded until its next forward)."""
     from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
     with set_checkpoint_early_stop(False):
-        return checkpoint(function, *args, use_reentrant=False, **kwargs)
+        out = checkpoint(function, *args, use_reentrant=False, **kwargs)
+    group = _offload_group(function)
+    if group is not None and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+        args[0].register_hook(lambda grad: group.offload_())
+    return out
 
 
 def compile_blocks(transformer: torch.nn.Module, backend: str) -> None:
