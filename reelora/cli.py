@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from reelora import __version__
@@ -21,6 +22,9 @@ _COMMAND_MODULES = (
     "reelora.demo.cli",  # base build
     "reelora.research",  # sweep, sufficiency
 )
+
+
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `reelora plan --config CFG --gpus 8 train.parallel=fsdp`: argparse takes a KEY=VALUE list only before the
+    # options; after them it reports it as unrecognized. Commands with overrides take them anywhere.
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(_OVERRIDE.match(a) for a in extra):
+        args.overrides.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         # `reelora shards` without a subcommand: print that group's help
         (getattr(args, "_group_parser", None) or parser).print_help()

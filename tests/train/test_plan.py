@@ -161,6 +161,13 @@ def test_plan_command_prints_a_verdict(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["parallel"] == "fsdp" and data["params"] == 14_288_491_584 and set(data["fits"]) == {"24", "48", "80"}
     assert data["configured"] == "checkpointing" and data["total_gib"]["checkpointing"] < data["total_gib"]["no_checkpointing"]
+    # overrides after the options too (argparse alone takes them only before)
+    assert main(["plan", "--config", str(CFG_14B), "--gpus", "1", "--json", "train.parallel=ddp", "train.base_storage=fp8"]) == 0
+    fp8 = json.loads(capsys.readouterr().out)
+    assert fp8["parallel"] == "ddp" and fp8["rows"]["frozen base weights"] < 14
+    with pytest.raises(SystemExit):
+        main(["plan", "--config", str(CFG_14B), "--gpus", "1", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_plan_command_names_a_bad_key_or_model(capsys):
