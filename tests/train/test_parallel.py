@@ -94,6 +94,46 @@ def test_fsdp_resumes_exactly_from_fsdp_and_from_ddp_checkpoints(runs, tmp_path,
         assert all(torch.equal(resumed[k], straight[k]) for k in straight), f"resume from the {source} checkpoint differs"
 
 
+@pytest.mark.slow
+def test_sigterm_under_fsdp_checkpoints_the_full_state_and_resumes_exactly(runs, tmp_path, shards, cache):
+    """SIGTERM to the launcher (what a scheduler sends): both FSDP ranks stop at one step boundary and gather one
+    full checkpoint; resumed, the run ends where the straight 6-step FSDP run ends, bit for bit."""
+    import os
+    import signal
+    import time
+
+    cut = tmp_path / "cut"
+    # constant LR: max_steps only says where a run ends, so a 40-step run cut early continues as the 6-step one
+    cmd = launch_cmd(29625, str(ROOT / "train.py"), *cfg_args(cut, shards, cache, *ARGS, "train.parallel=fsdp",
+                     "train.gradient_checkpointing=true", "train.checkpoint_every=100", "train.max_steps=40"))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user_env())
+    log = cut / "logs" / "metrics.jsonl"
+    deadline = time.time() + 200
+    while not (log.is_file() and log.read_text().strip()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=200)
+    assert proc.returncode != 0 and (cut / "stopped.json").is_file(), err[-2000:]
+    stopped = json.loads((cut / "stopped.json").read_text())
+    step = stopped["step"]
+    assert stopped["exit_code"] == 143 and 1 <= step < 40, (stopped, err[-2000:])
+    ckpt = cut / "checkpoints" / f"step-{step:06d}"
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == [ckpt.name]
+    full = {k: v.shape for k, v in load_file(ckpt / "lora.safetensors").items()}  # gathered, not rank 0's shard
+    assert full == {k: v.shape for k, v in load_file(runs["fsdp"] / "checkpoints" / "step-000003" / "lora.safetensors").items()}
+    n = min(step, 6)
+    assert len(losses(cut)) == step and losses(cut)[:n] == losses(runs["fsdp"])[:n]  # the same run up to the signal
+    # Resume to the straight run's end (on a box so loaded that the signal landed after step 5, one more step).
+    end = 6 if step < 6 else step + 1
+    r = launch(29626, *cfg_args(cut, shards, cache, *ARGS, "train.parallel=fsdp", "train.gradient_checkpointing=true",
+                                "train.resume=latest", f"train.max_steps={end}"))
+    assert not (cut / "stopped.json").exists() and len(losses(cut)) == end
+    if end == 6:
+        straight, resumed = adapter(runs["fsdp"]), adapter(cut)
+        assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+        assert losses(cut) == losses(runs["fsdp"])
+
+
 def test_parallelize_on_one_process_shards_blocks_and_root_and_gathers_full_state(tmp_path):
     """FSDP2 on a gloo group of one: blocks and root are sharded, the forward is unchanged, and the gathered
     LoRA/optimizer state is what the unsharded model and a plain optimizer give (names, indices, values)."""
