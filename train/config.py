@@ -264,6 +264,9 @@ class Config:
 
     def __post_init__(self):
         _check(bool(self.model), "model", "must name a backbone")
+        _check(not (self.lora.use_dora and self.train.base_storage == "fp8"), "lora.use_dora",
+               "not with train.base_storage=fp8: DoRA reads each adapted layer's base weight outside that layer's "
+               "forward (for its norm), where diffusers' layerwise casting keeps it in fp8; use base_storage=auto")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

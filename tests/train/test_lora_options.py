@@ -139,3 +139,11 @@ def test_changing_a_lora_option_on_resume_is_refused(tmp_path, shards, cache):
     assert resolve_resume(tiny_cfg(out, shards, cache, "train.resume=latest")) == ck
     with pytest.raises(ConfigError, match="lora.use_dora"):
         resolve_resume(tiny_cfg(out, shards, cache, "train.resume=latest", OPTIONS["dora"]))
+
+
+def test_dora_with_an_fp8_base_is_refused_naming_both_keys():
+    from reelora.train.config import ConfigError, load_config
+
+    load_config(None, ["lora.use_dora=true", "lora.use_rslora=true"])  # each other and the defaults: fine
+    with pytest.raises(ConfigError, match="'lora.use_dora'.*base_storage=fp8"):
+        load_config(None, ["lora.use_dora=true", "train.base_storage=fp8"])
