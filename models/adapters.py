@@ -163,6 +163,11 @@ def read_adapter(path: str | Path, scale: float = 1.0, family: str | None = None
         # diffusers would build a plain LoRA from this metadata and drop the magnitudes with a warning
         raise AdapterError(f"adapter {p}: holds DoRA lora_magnitude_vector tensors but its {LORA_METADATA_KEY!r} "
                            f"says use_dora={lora_metadata.get('transformer.use_dora')!r}; refusing to load it without them")
+    if float(scale) != 1.0 and any(k.endswith(".lora_magnitude_vector") for k in state_dict):
+        # peft scales a DoRA adapter's low-rank direction only, never its magnitudes: scale 0 is not the base
+        raise AdapterError(f"adapter {p}: a DoRA adapter (trained with lora.use_dora) mixes at scale 1 only, got "
+                           f"{float(scale):g}: peft scales its low-rank part but not its magnitude vectors, so another "
+                           f"scale (0 included) does not blend it with the base model")
     lineage = {k: _maybe_json(v) for k, v in header.items() if k not in ("format", LORA_METADATA_KEY)}
     return Adapter(path=p, scale=float(scale), sha256=sha256_file(p), format=fmt, state_dict=state_dict,
                    lora_metadata=lora_metadata, lineage=lineage)

@@ -207,6 +207,10 @@ def test_dora_export_is_diffusers_only_and_refuses_magnitudes_without_use_dora(w
     pipe.delete_adapters(names)
     torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-6)
 
+    # Mixed at another scale, peft would scale the direction but not the magnitudes (scale 0 != the base): refused.
+    with pytest.raises(adapters.AdapterError, match="DoRA adapter .* scale 1 only, got 0.5"):
+        adapters.read_adapter(tmp_path, scale=0.5)
+
     # The same tensors with metadata that says plain LoRA: diffusers would drop the magnitudes; we refuse.
     with safe_open(str(paths["diffusers"]), "pt") as f:
         meta = f.metadata()
