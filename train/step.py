@@ -7,8 +7,8 @@ fp16 (train.mixed_precision=fp16 on a GPU): accelerate's GradScaler multiplies t
 backward and starts it high (2**16), so the first steps' gradients overflow to inf until the scale has come
 down; GradScaler then skips the optimizer step and halves the scale. Such a step is counted (`skipped_steps`),
 not fatal. A skipped step still counts towards train.max_steps and consumed its batch (the data position does
-not depend on overflows), but the LR schedule does not advance on it (as accelerate's prepared scheduler and
-the HF Trainer do): the schedule is indexed by applied updates, `scheduler.last_epoch`, so the number of
+not depend on overflows), but the LR schedule does not advance on it (accelerate's prepared scheduler returns
+early on `step_was_skipped` too): the schedule is indexed by applied updates, `scheduler.last_epoch`, so the number of
 skipped steps so far is `step - scheduler.last_epoch` and resume needs nothing more than the scheduler's and
 the scaler's state. A non-finite loss (the forward) stays fatal; so does a non-finite gradient once the scale
 is at 1 or below (the gradients overflow unscaled: no smaller scale will help).
