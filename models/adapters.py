@@ -38,7 +38,8 @@ LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_
 LORA_CONFIG_FIELDS = ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 MAX_LORA_SCALE = 1e4  # |alpha / rank| and |scale|; trained LoRAs use ~0.5-4, mixing scales ~0-2
-_KEY_RE = re.compile(r"^transformer\.(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias)$")
+# lora_magnitude_vector: a DoRA adapter's per-output-feature magnitude (peft's name; diffusers loads it as DoRA).
+_KEY_RE = re.compile(r"^transformer\.(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)$")
 
 
 class AdapterError(ValueError):
@@ -157,6 +158,16 @@ def read_adapter(path: str | Path, scale: float = 1.0, family: str | None = None
     fmt = detect_format(p, raw)
     state_dict, lora_metadata = _to_diffusers(p, fmt, raw, header, family)
     check_scales(p, float(scale), lora_metadata, raw)
+    if lora_metadata and lora_metadata.get("transformer.use_dora") is not True \
+            and any(k.endswith(".lora_magnitude_vector") for k in state_dict):
+        # diffusers would build a plain LoRA from this metadata and drop the magnitudes with a warning
+        raise AdapterError(f"adapter {p}: holds DoRA lora_magnitude_vector tensors but its {LORA_METADATA_KEY!r} "
+                           f"says use_dora={lora_metadata.get('transformer.use_dora')!r}; refusing to load it without them")
+    if float(scale) != 1.0 and any(k.endswith(".lora_magnitude_vector") for k in state_dict):
+        # peft scales a DoRA adapter's low-rank direction only, never its magnitudes: scale 0 is not the base
+        raise AdapterError(f"adapter {p}: a DoRA adapter (trained with lora.use_dora) mixes at scale 1 only, got "
+                           f"{float(scale):g}: peft scales its low-rank part but not its magnitude vectors, so another "
+                           f"scale (0 included) does not blend it with the base model")
     lineage = {k: _maybe_json(v) for k, v in header.items() if k not in ("format", LORA_METADATA_KEY)}
     return Adapter(path=p, scale=float(scale), sha256=sha256_file(p), format=fmt, state_dict=state_dict,
                    lora_metadata=lora_metadata, lineage=lineage)
@@ -277,7 +288,7 @@ def validate(adapter: Adapter, transformer: torch.nn.Module, model_name: str = "
         m = _KEY_RE.match(key)
         if not m:
             raise AdapterError(f"adapter {p}: key {key!r} is not a transformer LoRA weight "
-                               "(expected 'transformer.<module>.lora_A.weight' / 'lora_B.weight')")
+                               "(expected 'transformer.<module>.lora_A.weight' / 'lora_B.weight' / 'lora_magnitude_vector')")
         parts.setdefault(m["module"], {})[m["part"]] = t
     for name, pieces in parts.items():
         layer = modules.get(name)
@@ -297,6 +308,10 @@ def validate(adapter: Adapter, transformer: torch.nn.Module, model_name: str = "
                 f"adapter {p} does not match {model_name}: module {name!r} is Linear({base.in_features} -> "
                 f"{base.out_features}) but lora_A is {tuple(a.shape)} and lora_B is {tuple(b.shape)} "
                 f"(expected (rank, {base.in_features}) and ({base.out_features}, rank))")
+        magnitude = pieces.get("lora_magnitude_vector")
+        if magnitude is not None and tuple(magnitude.shape) != (base.out_features,):
+            raise AdapterError(f"adapter {p}: module {name!r} lora_magnitude_vector (DoRA) is {tuple(magnitude.shape)}, "
+                               f"expected ({base.out_features},)")
         bias = pieces.get("lora_B.bias")
         if bias is not None and tuple(bias.shape) != (base.out_features,):
             raise AdapterError(f"adapter {p}: module {name!r} lora_B.bias is {tuple(bias.shape)}, "

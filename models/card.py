@@ -148,15 +148,17 @@ def diffusers_usage(base: Base, family: str, adapter: str, prompt: str, settings
 
 
 def model_card(*, rank: int, alpha: float, target_modules, family: str, lineage: dict, adapter_dir: str | Path,
-               exports: dict[str, tuple[str, str]] | None = None) -> str:
+               exports: dict[str, tuple[str, str]] | None = None, use_rslora: bool = False,
+               use_dora: bool = False) -> str:
     """The README.md written beside the adapter files.
 
     Args:
         lineage: what `save_adapter` stores under `reelora.*` (base_model, base_revision, rights, trigger, config...).
         adapter_dir: the folder the files are in, as the usage code names it.
         exports: the family's other files, key -> (file name, what it holds).
+        use_rslora, use_dora: the peft options it was trained with (lora.use_rslora, lora.use_dora).
     """
-    from reelora.models.lora import DIFFUSERS_FILE
+    from reelora.models.lora import DIFFUSERS_FILE, lora_scale
 
     exports = exports or {}
     base = describe_base(str(lineage.get("base_model", "?")), family)
@@ -197,7 +199,10 @@ def model_card(*, rank: int, alpha: float, target_modules, family: str, lineage:
         f"| base model | {base_line}" + (f"; weights recorded at training: `{lineage['base_revision']}`"
                                          if lineage.get("base_revision") else "") + " |",
         f"| trigger word | {trigger_text} |",
-        f"| rank / alpha | {rank} / {alpha} (scale {alpha / rank:g}) |",
+        f"| rank / alpha | {rank} / {alpha} (scale {lora_scale(rank, alpha, use_rslora):g}"
+        + (", rsLoRA: alpha / sqrt(rank)" if use_rslora else "") + ") |",
+        *([f"| DoRA | yes: magnitude vectors in `{DIFFUSERS_FILE}`; load it with diffusers (peft DoRA). No ComfyUI "
+           "file is written: ComfyUI's `dora_scale` normalises differently from peft's DoRA |"] if use_dora else []),
         f"| target modules | `{target_modules}` |",
         f"| clips | {lineage.get('num_clips', '?')} from shards `{lineage.get('shards')}` "
         f"(index sha256 `{lineage.get('shards_index_sha256')}`) |",

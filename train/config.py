@@ -68,6 +68,15 @@ class LoraConfig:
     init: Literal["default", "gaussian", "orthogonal"] = "default"
     """LoRA weight init (peft `init_lora_weights`): default (Kaiming A, zero B), gaussian, orthogonal. Inits that
     rewrite the base weights (pissa, olora, loftq) are not offered: exported adapters must apply to the stock base."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA (peft `use_rslora`): scale the update by alpha / sqrt(rank) instead of alpha / rank,
+    so raising the rank does not shrink the update. Recorded in the adapter's metadata (diffusers applies it);
+    the ComfyUI file's `.alpha` is alpha * sqrt(rank), which ComfyUI's alpha / rank turns into the same scale."""
+    use_dora: bool = False
+    """DoRA, weight-decomposed LoRA (peft `use_dora`): each adapted layer also trains a magnitude per output
+    feature and applies LoRA to the weight's direction. Slower steps (each forward takes the norm of the merged
+    weight). The adapter holds `lora_magnitude_vector` tensors that diffusers' loader reads; no ComfyUI file is
+    written (ComfyUI's `dora_scale` is normalised differently)."""
 
     def __post_init__(self):
         _check(self.rank >= 1, "lora.rank", f"must be >= 1, got {self.rank}")
@@ -255,6 +264,9 @@ class Config:
 
     def __post_init__(self):
         _check(bool(self.model), "model", "must name a backbone")
+        _check(not (self.lora.use_dora and self.train.base_storage == "fp8"), "lora.use_dora",
+               "not with train.base_storage=fp8: DoRA reads each adapted layer's base weight outside that layer's "
+               "forward (for its norm), where diffusers' layerwise casting keeps it in fp8; use base_storage=auto")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -19,7 +19,7 @@ from reelora.train import checkpoint, parallel
 from reelora.train.config import Config, ConfigError
 from reelora.train.plan import start_summary
 from reelora.train.batches import ClipDataset, DataError, StreamBatches, batches
-from reelora.train.step import NonFiniteError, StepContext, train_step
+from reelora.train.step import NonFiniteError, StepContext, skipped_steps, train_step
 
 EXIT_SIGTERM = 143
 EXIT_SIGINT = 130
@@ -103,6 +103,10 @@ def _run(cfg: Config, accelerator) -> int:
             return stop_code
 
     export_adapter(cfg, accelerator, spec, comps, model, data, step)
+    if getattr(optimizer, "scaler", None) is not None:
+        accelerator.print(f"fp16 loss scaling: {skipped_steps(scheduler, step)} of {step} steps skipped by GradScaler "
+                          f"(gradient overflow: no update, the LR schedule did not advance; train/skipped_steps in "
+                          f"logs/metrics.jsonl); final loss scale {optimizer.scaler.get_scale():g}")
     mark_stopped(cfg, accelerator, None, 0)
     logger.close()
     return 0
@@ -251,7 +255,8 @@ def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
     targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
     try:
         attach_lora(transformer, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=targets,
-                    dropout=cfg.lora.dropout, init=cfg.lora.init, seed=cfg.train.seed)
+                    dropout=cfg.lora.dropout, init=cfg.lora.init, seed=cfg.train.seed,
+                    use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora)
     except ValueError as exc:
         raise ConfigError(f"config key 'lora.target_modules': {exc}") from exc
     # Before the optimizer is built: under FSDP it must hold the sharded parameters.
@@ -300,11 +305,15 @@ def restore(path: Path, transformer, optimizer, scheduler, cfg: Config) -> tuple
         raise checkpoint.CheckpointError(f"{path}: {exc} (was lora.rank or lora.target_modules changed?)") from exc
     scheduler.load_state_dict(state["scheduler"])
     step = int(state["step"])
+    scaler = getattr(optimizer, "scaler", None)  # fp16: the loss scale goes on where it was, or the first
+    if scaler is not None and state.get("grad_scaler"):  # resumed steps would overflow and skip again
+        scaler.load_state_dict(state["grad_scaler"])
     # The param groups hold the LR the saved run's schedule set for its next step. Recompute it from this
     # run's schedule (what LambdaLR would have set), so extending train.max_steps under a decaying
-    # schedule uses the new schedule from the first resumed step on.
+    # schedule uses the new schedule from the first resumed step on. The schedule's position is the
+    # scheduler's count of applied updates: `step` less the fp16 steps GradScaler skipped (train/step.py).
     for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = base_lr * lr_factor(cfg, step)
+        group["lr"] = base_lr * lr_factor(cfg, scheduler.last_epoch)
     return step, int(state["samples_seen"])
 
 
@@ -316,7 +325,7 @@ RESUME_FREE = ("train.resume", "train.max_steps", "train.output_dir", "train.che
                "train.parallel", "train.fsdp_reshard_after_forward", "train.offload_blocks", "train.compile_blocks",
                "data.num_workers", "log.", "validation.")
 # Keys whose change makes the resumed run a different model: refused.
-RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules")
+RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules", "lora.use_rslora", "lora.use_dora")
 
 
 def resume_config(cfg: Config) -> dict[str, Any]:
@@ -329,12 +338,14 @@ def check_resume_config(path: Path, state: dict, cfg: Config) -> None:
     """Name the keys that differ from the checkpoint's run; refuse those that change the model being trained.
 
     Raises:
-        ConfigError: model, lora.rank, lora.alpha or lora.target_modules differ.
+        ConfigError: a key of RESUME_FIXED (model, lora.rank, lora.alpha, lora.target_modules...) differs.
     """
     saved = state.get("config")
     if saved is None:  # written before checkpoints recorded their config: nothing to compare key by key
         return
     mine = resume_config(cfg)
+    # A key the checkpoint does not record is an option added since it was written: that run had its default.
+    saved = {**{k: v for k, v in resume_config(Config()).items() if k not in saved}, **saved}
     changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
     fixed = [k for k in changed if k in RESUME_FIXED]
     if fixed:
@@ -368,6 +379,8 @@ def save_checkpoint(cfg, accelerator, model, optimizer, scheduler, step: int, sa
     if accelerator.is_main_process:
         state = {"samples_seen": samples_seen, "scheduler": scheduler.state_dict(),
                  "world_size": accelerator.num_processes, "config": resume_config(cfg)}
+        if getattr(optimizer, "scaler", None) is not None:  # fp16: GradScaler's scale and growth tracker
+            state["grad_scaler"] = optimizer.scaler.state_dict()
         try:
             checkpoint.save(cfg.train.output_dir, step, lora, optimizer_state, state, cfg.train.keep_last)
         except checkpoint.CheckpointError as exc:  # full disk etc.: the save cleaned up after itself
@@ -450,8 +463,8 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
         targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
         folder = Path(cfg.train.output_dir) / "adapter"
         try:  # each file is written atomically: a failure leaves the old file or none, never a torn one
-            save_adapter(folder, sd, rank=cfg.lora.rank,
-                         alpha=cfg.lora.alpha, target_modules=targets, family=spec.family, lineage=lineage)
+            save_adapter(folder, sd, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=targets,
+                         family=spec.family, lineage=lineage, use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora)
         except (OSError, SafetensorError) as exc:
             message = checkpoint.write_error(folder, exc, "the adapter to") + f" (the last checkpoint of step {step} is complete)"
     fail_on_every_rank(accelerator, message)

@@ -2,6 +2,16 @@
 
 Noise, timesteps and caption dropout come from a generator seeded from (seed, step, rank, micro-step):
 resume needs no saved RNG state, and the same step sees the same randomness in any process.
+
+fp16 (train.mixed_precision=fp16 on a GPU): accelerate's GradScaler multiplies the loss by a scale before
+backward and starts it high (2**16), so the first steps' gradients overflow to inf until the scale has come
+down; GradScaler then skips the optimizer step and halves the scale. Such a step is counted (`skipped_steps`),
+not fatal. A skipped step still counts towards train.max_steps and consumed its batch (the data position does
+not depend on overflows), but the LR schedule does not advance on it (accelerate's prepared scheduler returns
+early on `step_was_skipped` too): the schedule is indexed by applied updates, `scheduler.last_epoch`, so the number of
+skipped steps so far is `step - scheduler.last_epoch` and resume needs nothing more than the scheduler's and
+the scaler's state. A non-finite loss (the forward) stays fatal; so does a non-finite gradient once the scale
+is at 1 or below (the gradients overflow unscaled: no smaller scale will help).
 """
 from __future__ import annotations
 
@@ -115,16 +125,29 @@ def train_step(ctx: StepContext, micro_batches: list[dict], step: int) -> dict:
         ctx.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(_nonfinite_message("loss", step, bad_keys, acc))
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
-    grad_norm = float(acc.clip_grad_norm_(ctx.params, max_norm))
-    if not math.isfinite(grad_norm):
+    scaler = getattr(ctx.optimizer, "scaler", None)  # accelerate's GradScaler under fp16 on a GPU, else None
+    scale = scaler.get_scale() if scaler is not None else None  # the scale this step's loss was multiplied by
+    grad_norm = float(acc.clip_grad_norm_(ctx.params, max_norm))  # unscales the gradients first under fp16
+    if not math.isfinite(grad_norm) and (scale is None or scale <= 1.0):
         ctx.optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteError(_nonfinite_message("gradient norm", step, [k for b in micro_batches for k in b["key"]], acc))
+        raise NonFiniteError(_nonfinite_message("gradient norm", step, [k for b in micro_batches for k in b["key"]], acc)
+                             + (f" (fp16 loss scale already {scale:g})" if scale is not None else ""))
     lr = ctx.optimizer.param_groups[0]["lr"]
-    ctx.optimizer.step()
-    ctx.scheduler.step()
+    ctx.optimizer.step()  # with a GradScaler: skipped when a gradient is inf/NaN, and the scale lowered
+    skipped = scaler is not None and ctx.optimizer.step_was_skipped
+    if not skipped:  # the schedule advances with applied updates only (see the module docstring)
+        ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     loss_mean = acc.reduce(torch.tensor([total / len(micro_batches)], device=acc.device), reduction="mean").item()
-    return {"loss": loss_mean, "lr": lr, "grad_norm": grad_norm, "step_time": time.perf_counter() - t0}
+    metrics = {"loss": loss_mean, "lr": lr, "grad_norm": grad_norm, "step_time": time.perf_counter() - t0}
+    if scaler is not None:
+        metrics.update(skipped_steps=skipped_steps(ctx.scheduler, step), loss_scale=scale)
+    return metrics
+
+
+def skipped_steps(scheduler, step: int) -> int:
+    """Steps up to `step` whose update the fp16 GradScaler skipped: the scheduler counts the applied ones."""
+    return step - scheduler.last_epoch
 
 
 def _nonfinite_message(what: str, step: int, keys: list[str], acc) -> str:

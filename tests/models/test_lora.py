@@ -147,3 +147,82 @@ def test_config_offers_exactly_the_inits_lora_supports():
     from reelora.train.config import LoraConfig
 
     assert set(typing.get_args(typing.get_type_hints(LoraConfig)["init"])) == set(INITS)
+
+
+def _trained_like(spec, rank, alpha, seed, **options):
+    t = _fresh_transformer()
+    attach_lora(t, rank=rank, alpha=alpha, target_modules=list(spec.lora_targets), init="gaussian", seed=seed, **options)
+    _randomize_b(t, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for n, p in t.named_parameters():
+            if "lora_magnitude_vector" in n:  # trained magnitudes are not the base's row norms any more
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
+    return t
+
+
+def test_rslora_export_scales_by_alpha_over_sqrt_rank_in_diffusers_and_comfyui_files(wan, tmp_path):
+    spec, comps = wan
+    rank, alpha = 4, 8.0  # rsLoRA scale 4, plain scale 2
+    ours = _trained_like(spec, rank, alpha, 7, use_rslora=True)
+    assert ours.blocks[0].attn1.to_q.scaling["default"] == 4.0
+    lat, noise, s, text = _inputs(spec, comps)
+    with torch.no_grad():
+        expected = spec.forward(comps, ours, lat, noise, s, text)[0]
+    save_adapter(tmp_path, lora_state_dict(ours), rank=rank, alpha=alpha, target_modules=list(spec.lora_targets),
+                 family="wan", lineage={"base_model": "tiny-wan"}, use_rslora=True)
+    assert "scale 4, rsLoRA" in (tmp_path / "README.md").read_text()
+    # ComfyUI divides the per-module alpha by the rank: alpha * sqrt(rank) / rank == alpha / sqrt(rank)
+    assert load_file(tmp_path / COMFYUI_FILE)["diffusion_model.blocks.0.self_attn.q.alpha"].item() == 16.0
+    pipe = spec.pipeline(comps)
+    for name in (DIFFUSERS_FILE, COMFYUI_FILE):  # diffusers' loader honours use_rslora; its ComfyUI converter the alpha
+        pipe.load_lora_weights(str(tmp_path), weight_name=name)
+        with torch.no_grad():
+            loaded = spec.forward(comps, comps.transformer, lat, noise, s, text)[0]
+        pipe.unload_lora_weights()
+        torch.testing.assert_close(loaded, expected, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_dora_export_is_diffusers_only_and_refuses_magnitudes_without_use_dora(wan, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from reelora.models import adapters
+
+    spec, comps = wan
+    ours = _trained_like(spec, 4, 4.0, 9, use_dora=True)
+    sd = lora_state_dict(ours)
+    assert sum(k.endswith(".lora_magnitude_vector") for k in sd) == sum(k.endswith("lora_A.weight") for k in sd)
+    paths = save_adapter(tmp_path, sd, rank=4, alpha=4.0, target_modules=list(spec.lora_targets), family="wan",
+                         lineage={"base_model": "tiny-wan"}, use_dora=True)
+    assert set(paths) == {"diffusers", "card"} and not (tmp_path / COMFYUI_FILE).exists()
+    lat, noise, s, text = _inputs(spec, comps)
+    with torch.no_grad():
+        expected = spec.forward(comps, ours, lat, noise, s, text)[0]
+    pipe = spec.pipeline(comps)
+    names = adapters.attach(pipe, [adapters.read_adapter(tmp_path)])
+    with torch.no_grad():
+        loaded = spec.forward(comps, comps.transformer, lat, noise, s, text)[0]
+    pipe.delete_adapters(names)
+    torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-6)
+
+    # Mixed at another scale, peft would scale the direction but not the magnitudes (scale 0 != the base): refused.
+    with pytest.raises(adapters.AdapterError, match="DoRA adapter .* scale 1 only, got 0.5"):
+        adapters.read_adapter(tmp_path, scale=0.5)
+
+    # The same tensors with metadata that says plain LoRA: diffusers would drop the magnitudes; we refuse.
+    with safe_open(str(paths["diffusers"]), "pt") as f:
+        meta = f.metadata()
+    cfg = json.loads(meta["lora_adapter_metadata"])
+    cfg["transformer.use_dora"] = False
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(paths["diffusers"]), bad, {**meta, "lora_adapter_metadata": json.dumps(cfg)})
+    with pytest.raises(adapters.AdapterError, match="lora_magnitude_vector.*use_dora=False"):
+        adapters.read_adapter(bad)
+    # A magnitude of the wrong length does not fit the layer.
+    tensors = load_file(paths["diffusers"])
+    tensors["transformer.blocks.0.attn1.to_q.lora_magnitude_vector"] = torch.ones(3)
+    save_file(tensors, bad, meta)
+    with pytest.raises(adapters.AdapterError, match="to_q.*lora_magnitude_vector.*expected"):
+        adapters.validate(adapters.read_adapter(bad), _fresh_transformer())
