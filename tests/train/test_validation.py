@@ -34,7 +34,7 @@ def test_validation_loss_and_samples(tmp_path, shards, cache):
 def test_a_nan_validation_sample_is_reported_and_not_written(tmp_path, shards, cache, monkeypatch, capsys):
     import reelora.models.sample as sample
 
-    def nan_clip(pipe, req, max_text_len):
+    def nan_clip(pipe, req, max_text_len, text=None):
         raise sample.SampleError("the latents are NaN/inf after denoising step 1 of 2")
 
     monkeypatch.setattr(sample, "render", nan_clip)
