@@ -146,8 +146,8 @@ def test_cached_validation_encodes_prompts_once_frees_the_text_encoder_and_decod
 
 # What validation may add to a training run's RSS on CPU besides its models: code and buffers (PyAV/libx264
 # loaded to write the mp4s, ~19 MiB; diffusers' pipeline and the sampling/decode buffers, ~12 MiB) and allocator
-# slack. On tiny-wan, whose models weigh kilobytes, validation added +32 to +51 MiB to the peak over 6 runs
-# (BENCHMARKS.md "Validation memory").
+# slack. On tiny-wan, whose models weigh kilobytes, validation added +31 to +48 MiB to the peak over 3 runs
+# (BENCHMARKS.md "Validation memory"); the peak varies by ~17 MiB run to run.
 VALIDATION_RSS_MARGIN_MIB = 80
 TEXT_LAYERS, TEXT_FFN = 16, 32768  # a ~190 MiB text encoder: more than twice the margin, so holding it shows
 
