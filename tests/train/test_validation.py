@@ -144,6 +144,21 @@ def test_cached_validation_encodes_prompts_once_frees_the_text_encoder_and_decod
         assert d["out"] == torch.bfloat16 and d["weights"] == torch.float32
 
 
+def test_decoding_in_pieces_restores_the_vae_as_it_was():
+    """Without a cache the sampling VAE is training's own, which must go on encoding clips untiled."""
+    from reelora.models.registry import load_model
+    from reelora.train.validate import decode_in_pieces
+
+    vae = load_model("tiny-wan", components=("vae",))[1].vae
+    with decode_in_pieces(vae):
+        assert vae.use_tiling and vae.use_slicing
+    assert not vae.use_tiling and not vae.use_slicing
+    vae.enable_slicing()  # a setting made elsewhere is kept
+    with decode_in_pieces(vae):
+        assert vae.use_tiling and vae.use_slicing
+    assert not vae.use_tiling and vae.use_slicing
+
+
 # What validation may add to a training run's RSS on CPU besides its models: code and buffers (PyAV/libx264
 # loaded to write the mp4s, ~19 MiB; diffusers' pipeline and the sampling/decode buffers, ~12 MiB) and allocator
 # slack. On tiny-wan, whose models weigh kilobytes, validation added +31 to +48 MiB to the peak over 3 runs
