@@ -44,6 +44,9 @@ class LTXSpec:
     flow_shift: ClassVar[float] = 1.0
     """Shift of the tiny scheduler (FlowMatchEulerDiscreteScheduler's default); released LTX checkpoints
     shift by resolution through their own scheduler config."""
+    prompt_embeds_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                                                     "negative_prompt_attention_mask")
+    """What LTXPipeline.encode_prompt returns, in order: each is a keyword of the pipeline's call."""
     fp32_components: ClassVar[tuple[str, ...]] = ()
     """Components loaded in float32 whatever the dtype: none."""
     published: ClassVar[dict[str, str]] = {}

@@ -106,8 +106,29 @@ class SampleError(RuntimeError):
 
 
 @torch.no_grad()
-def render(pipe: Any, req: ClipRequest, max_text_len: int) -> np.ndarray:
+def encode_request(pipe: Any, req: ClipRequest, max_text_len: int, keys: Sequence[str],
+                   device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The pipeline's own prompt encoding of a resolved request, as the keywords `render(text=...)` passes.
+
+    The negative prompt is encoded only when guidance > 1 (as the pipeline itself does). Encoding once up
+    front lets the text encoder be freed before sampling (validation during training).
+
+    Args:
+        keys: what the pipeline's `encode_prompt` returns, in order (the spec's `prompt_embeds_keys`).
+        device: where the text encoder runs; the tensors are returned on the CPU.
+    """
+    out = pipe.encode_prompt(prompt=req.prompt, negative_prompt=req.negative_prompt,
+                             do_classifier_free_guidance=req.guidance > 1.0, max_sequence_length=max_text_len,
+                             device=torch.device(device))
+    return {k: t.cpu() for k, t in zip(keys, out, strict=True) if t is not None}
+
+
+@torch.no_grad()
+def render(pipe: Any, req: ClipRequest, max_text_len: int, text: dict[str, torch.Tensor] | None = None) -> np.ndarray:
     """Run `pipe` for a resolved request: uint8 frames [F, H, W, 3]. The sampler and validation both call this.
+
+    `text`: the request's prompt embeddings from `encode_request` (on the pipeline's device), used instead of
+    encoding `req.prompt` and `req.negative_prompt` (the pipeline then needs no text encoder).
 
     Raises:
         SampleError: the latents are NaN/inf after a denoising step (named), or the decoded frames are.
@@ -120,8 +141,9 @@ def render(pipe: Any, req: ClipRequest, max_text_len: int) -> np.ndarray:
 
     # A CPU generator gives the same initial noise on every device (diffusers moves it over).
     generator = torch.Generator("cpu").manual_seed(int(req.seed))
+    prompts = {"prompt": req.prompt, "negative_prompt": req.negative_prompt} if text is None else text
     out = pipe(
-        prompt=req.prompt, negative_prompt=req.negative_prompt, num_frames=req.num_frames,
+        **prompts, num_frames=req.num_frames,
         height=req.height, width=req.width, num_inference_steps=req.steps, guidance_scale=req.guidance,
         generator=generator, output_type="np", callback_on_step_end=finite_latents,
         # Wan's cross-attention sees the padding: sample at the text length the model trained with.
@@ -452,4 +474,4 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-__all__ = ["Sampler", "SampleError", "check_out_dir", "ClipRequest", "SampleSettings", "resolve_request", "render", "Clip", "SampleResult", "sample_clips", "read_prompts", "build_requests"]
+__all__ = ["Sampler", "SampleError", "check_out_dir", "ClipRequest", "SampleSettings", "resolve_request", "encode_request", "render", "Clip", "SampleResult", "sample_clips", "read_prompts", "build_requests"]

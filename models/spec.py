@@ -60,6 +60,9 @@ class ModelSpec(Protocol):
     """Attribute of the transformer holding its ModuleList of blocks (the unit FSDP shards and gathers)."""
     flow_shift: float
     """Timestep shift of the family's flow-matching scheduler (and of training sigmas that match it)."""
+    prompt_embeds_keys: tuple[str, ...]
+    """What the pipeline's `encode_prompt` returns, in order; each is also a keyword of its call (validation
+    samples from prompts encoded once, without a text encoder)."""
     fp32_components: tuple[str, ...]
     """Components loaded in float32 whatever the training dtype (the model card's usage code does the same)."""
     published: dict[str, str]

@@ -56,6 +56,8 @@ class WanSpec:
     """The transformer's ModuleList of blocks (FSDP shards block by block, train/parallel.py)."""
     flow_shift: ClassVar[float] = 3.0
     """Timestep shift of Wan's flow-matching scheduler (the 480p checkpoints sample with 3.0)."""
+    prompt_embeds_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds", "negative_prompt_embeds")
+    """What WanPipeline.encode_prompt returns, in order: each is a keyword of the pipeline's call."""
     fp32_components: ClassVar[tuple[str, ...]] = ("vae",)
     """Loaded in float32 whatever the dtype: the Wan VAE is numerically fragile in half precision."""
     published: ClassVar[dict[str, str]] = {

@@ -241,3 +241,27 @@ def test_an_out_that_is_a_file_fails_before_the_model_loads(tmp_path, adapters, 
     assert f"--out {taken / 'clips'}: cannot create it, {taken} is a file" in capsys.readouterr().err
     with pytest.raises(ValueError, match=f"out {taken}: exists"):
         sample_clips("tiny-wan", "x", out=taken)
+
+
+@pytest.mark.parametrize("model,settings", [("tiny-wan", WAN), ("tiny-ltx", LTX)])
+@pytest.mark.parametrize("guidance", [5.0, 1.0])
+def test_prompts_encoded_up_front_sample_the_same_frames_without_a_text_encoder(model, settings, guidance):
+    """Validation encodes its prompts once and frees the text encoder: its clips must be the sampler's clips."""
+    import dataclasses
+
+    from reelora.models.sample import encode_request, render
+
+    sampler = Sampler(model, progress=False)
+    req = sampler.resolve(PROMPT, seed=3, guidance=guidance, negative_prompt="blurry", **settings)
+    max_len = sampler.comps.extra["max_text_len"]
+    expected = render(sampler.pipe, req, max_len)
+    text = encode_request(sampler.pipe, req, max_len, sampler.spec.prompt_embeds_keys)
+    # The negative branch is encoded only when guidance uses it (as the pipeline itself does).
+    negatives = {k for k in text if k.startswith("negative_")}
+    assert (len(negatives) > 0) == (guidance > 1) and set(text) <= set(sampler.spec.prompt_embeds_keys)
+    assert all(t.device.type == "cpu" for t in text.values())
+    bare = type(sampler.pipe)(**{**sampler.pipe.components, "text_encoder": None})
+    bare.set_progress_bar_config(disable=True)
+    assert np.array_equal(render(bare, req, max_len, text=text), expected)
+    other = encode_request(sampler.pipe, dataclasses.replace(req, prompt="a red fox"), max_len, sampler.spec.prompt_embeds_keys)
+    assert not np.array_equal(render(bare, req, max_len, text=other), expected)  # the embeddings are what it samples from
