@@ -452,7 +452,7 @@ def start_summary(cfg, gpus: int, shapes, device: torch.device | None = None) ->
     Never raises: the plan advises, it must not stop a run that would train.
     """
     try:
-        gpu_gib = torch.cuda.get_device_properties(device).total_memory / GIB if device is not None and device.type == "cuda" else None
+        gpu_gib = round(torch.cuda.get_device_properties(device).total_memory / GIB, 1) if device is not None and device.type == "cuda" else None
         plan = estimate(cfg, gpus=gpus, shape=clip_shape(shapes))
         return format_plan(plan, gpu_gib) if gpu_gib else format_plan(plan).split("\nverdict:")[0] + "\n(no GPU: no verdict)"
     except PlanError as exc:
