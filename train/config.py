@@ -322,6 +322,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config key {key!r}: {short_repr(value)} is not {_type_name(tp)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if value is False and "no" in allowed:  # YAML reads an unquoted `no` (train.mixed_precision=no) as false
+            return "no"
         if value not in allowed:
             raise ConfigError(f"config key {key!r}: {short_repr(value)} is not one of {', '.join(map(str, allowed))}")
         return value

@@ -134,3 +134,13 @@ def test_null_flow_shift_takes_the_family_shift():
     assert with_family_defaults(cfg).train.flow_shift == resolve("tiny-wan").flow_shift == 3.0
     pinned = load_config(ROOT / "configs" / "tiny-wan.yaml", ["train.flow_shift=2.0"])
     assert with_family_defaults(pinned).train.flow_shift == 2.0
+
+
+def test_an_unquoted_no_is_the_choice_no():
+    """YAML reads `no` as false: `train.mixed_precision=no` means the choice "no" where a key offers it."""
+    cfg = load_config(ROOT / "configs" / "tiny-wan.yaml", ["train.mixed_precision=no", "train.compile_blocks=no"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.compile_blocks == "no"
+    with pytest.raises(ConfigError, match="train.parallel"):  # a key without a "no" choice still refuses false
+        load_config(ROOT / "configs" / "tiny-wan.yaml", ["train.parallel=no"])
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config(ROOT / "configs" / "tiny-wan.yaml", ["train.mixed_precision=yes"])
