@@ -371,12 +371,12 @@ def run_variant(rec: dict, plan: dict, args: argparse.Namespace, spec, inputs: d
     from reelora.models.spec import Components
     from reelora.models.wan import PUBLISHED_IDS, PUBLISHED_TRANSFORMER, published_transformer
     from reelora.train.config import load_config
-    from reelora.train.loop import _teardown, build_model_and_optimizer
+    from reelora.train.loop import _teardown, build_model_and_optimizer, prepare, with_family_defaults
     from reelora.train.parallel import full_lora_state_dict
     from reelora.train.step import StepContext, train_step
 
     rec["phase"] = "config"
-    cfg = with_flow_shift(load_config(args.config, plan["overrides"]), spec)
+    cfg = with_family_defaults(load_config(args.config, plan["overrides"]), spec)  # the spec: no hub lookup
     rec["config"] = {"lora": dataclasses.asdict(cfg.lora), "train": dataclasses.asdict(cfg.train),
                      "optim": dataclasses.asdict(cfg.optim)}
     mp = cfg.train.mixed_precision
@@ -386,15 +386,14 @@ def run_variant(rec: dict, plan: dict, args: argparse.Namespace, spec, inputs: d
     try:
         rec["phase"] = "build"
         t0 = time.perf_counter()
-        # train.offload_blocks (train/memory.py, where present): as train/loop.py does, the base is built in CPU
-        # memory, the memory tools move what stays resident, and accelerate must not move the whole model.
-        offload = getattr(cfg.train, "offload_blocks", 0)
-        build_device = "cpu" if offload else accelerator.device
+        # train.offload_blocks: as train/loop.py's load_backbone, the base is built in CPU memory and the memory
+        # tools move what stays resident (loop.prepare keeps accelerate from moving the whole model).
+        build_device = "cpu" if cfg.train.offload_blocks else accelerator.device
         transformer = published_transformer(args.size, device=build_device, dtype=weight_dtype, seed=args.seed)
         comps = Components(family=spec.family, source=f"{PUBLISHED_IDS[args.size]} (architecture, random weights)",
                            transformer=transformer, scheduler=inputs["scheduler"], revision=f"random-seed{args.seed}")
         model, optimizer, lr_schedule, params = build_model_and_optimizer(cfg, spec, comps, accelerator)
-        model, optimizer = accelerator.prepare(model, optimizer, device_placement=[False, None] if offload else None)
+        model, optimizer = prepare(cfg, accelerator, model, optimizer)
         rec["build_s"] = time.perf_counter() - t0
         lora_layers = [(n, m.in_features, m.out_features) for n, m in transformer.named_modules() if hasattr(m, "lora_A")]
         rec["params"] = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
@@ -472,14 +471,6 @@ def run_variant(rec: dict, plan: dict, args: argparse.Namespace, spec, inputs: d
     finally:
         accelerator.free_memory()
         _teardown(accelerator)  # forget accelerate's singletons: the next variant builds its own Accelerator
-
-
-def with_flow_shift(cfg, spec):
-    """train.flow_shift null means the family's; train/loop.py's `with_family_defaults` resolves the model id
-    (a hub lookup, which an offline benchmark of random weights must not make), so fill it from the spec."""
-    if cfg.train.flow_shift is not None:
-        return cfg
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, flow_shift=spec.flow_shift))
 
 
 def time_sampling(out: dict, spec, transformer, inputs: dict, adapter_file: Path, args, device: torch.device, name: str) -> None:

@@ -62,11 +62,7 @@ def _run(cfg: Config, accelerator) -> int:
 
     spec, comps = load_backbone(cfg, accelerator, cached=data["cache"] is not None)
     model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps, accelerator)
-    if parallel.is_sharded(model):  # FSDP already distributed the model; DDP would wrap it a second time
-        optimizer = accelerator.prepare(optimizer)
-    else:  # offloaded blocks stay in CPU memory: accelerate must not move the whole model to the device
-        placement = [False, None] if cfg.train.offload_blocks else None
-        model, optimizer = accelerator.prepare(model, optimizer, device_placement=placement)
+    model, optimizer = prepare(cfg, accelerator, model, optimizer)
     step, samples_seen = 0, 0
     if resume_from is not None:
         step, samples_seen = restore(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, cfg)
@@ -201,15 +197,17 @@ def open_validation_clips(cfg: Config, data: dict) -> list:
     return clips[: cfg.validation.num_clips]
 
 
-def with_family_defaults(cfg: Config) -> Config:
-    """Fill the options whose null means "the model family's" (train.flow_shift) from the family spec."""
+def with_family_defaults(cfg: Config, spec=None) -> Config:
+    """Fill the options whose null means "the model family's" (train.flow_shift) from the family spec (`spec`,
+    else the one `cfg.model` resolves to)."""
     if cfg.train.flow_shift is not None:
         return cfg
     import dataclasses
 
     from reelora.models.registry import resolve
 
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, flow_shift=resolve(cfg.model).flow_shift))
+    spec = spec if spec is not None else resolve(cfg.model)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, flow_shift=spec.flow_shift))
 
 
 def load_backbone(cfg: Config, accelerator, cached: bool):
@@ -269,6 +267,15 @@ def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
     optimizer = make_optimizer(cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     return transformer, optimizer, scheduler, params
+
+
+def prepare(cfg: Config, accelerator, model, optimizer):
+    """accelerate's `prepare` as training needs it: an FSDP model is already distributed (DDP would wrap it a
+    second time), and offloaded blocks stay in CPU memory (accelerate must not move the whole model)."""
+    if parallel.is_sharded(model):
+        return model, accelerator.prepare(optimizer)
+    placement = [False, None] if cfg.train.offload_blocks else None
+    return accelerator.prepare(model, optimizer, device_placement=placement)
 
 
 def make_optimizer(cfg: Config, params):
