@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "reelora.models.sample_cli",  # sample
     "reelora.demo.cli",  # base build
     "reelora.research",  # sweep, sufficiency
+    "reelora.studio.cli",  # studio (the web page; gradio imported only when it runs)
 )
 
 

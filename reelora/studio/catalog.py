@@ -1,0 +1,106 @@
+"""The adapters a studio offers: found under one folder, read safely, summarised from their own lineage.
+
+A folder holding `pytorch_lora_weights.safetensors` is one adapter (a training run's `adapter/`; its other
+exports, e.g. `comfyui_lora.safetensors`, are the same weights and are not listed again). Any other
+`.safetensors` file is one adapter (ComfyUI / musubi files dropped in as they are). `checkpoints/` folders
+are skipped: they hold resume state, not adapters (no rank/alpha metadata). A file that cannot be used is
+listed with the reason instead of stopping the studio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from reelora.models import adapters as adapter_io
+from reelora.models.lora import DIFFUSERS_FILE
+
+SKIP_DIRS = {"checkpoints"}
+"""Folder names never searched: training's resume state (train/checkpoint.py)."""
+
+
+@dataclass
+class Entry:
+    """One adapter found under the folder: its label, file, and the read adapter or why it cannot be used."""
+
+    key: str
+    """Label shown on the page: the path relative to the adapters folder."""
+    path: Path
+    adapter: adapter_io.Adapter | None = None
+    error: str | None = None
+
+    def lineage(self) -> dict:
+        """Trigger word, titles, rank/alpha, base model, training step and file digest, for the page."""
+        a = self.adapter
+        if a is None:
+            return {}
+        lin = {k.removeprefix("reelora."): v for k, v in a.lineage.items()}
+        cfg = adapter_io.lora_config_summary(a.lora_metadata, a.state_dict)
+        titles = lin.get("titles")
+        return {
+            "trigger": lin.get("trigger") or None,
+            "titles": list(titles) if isinstance(titles, (list, tuple)) else ([titles] if titles else []),
+            "rank": cfg.get("r"),
+            "alpha": cfg.get("lora_alpha"),
+            "base_model": lin.get("base_model"),
+            "step": lin.get("step"),
+            "format": a.format,
+            "sha256": a.sha256,
+        }
+
+    def describe(self) -> str:
+        """Markdown lines under the adapter's name on the page."""
+        if self.error:
+            return f"**{self.key}**: not usable: {self.error}"
+        info = self.lineage()
+        titles = info["titles"]
+        shown = ", ".join(str(t) for t in titles[:5]) + (f" (+{len(titles) - 5} more)" if len(titles) > 5 else "")
+        trigger = f"`{info['trigger']}` (start prompts with it)" if info["trigger"] else "none recorded"
+        rank = f"rank {info['rank']}" + (f", alpha {info['alpha']:g}" if isinstance(info["alpha"], (int, float)) else "")
+        base = f"trained on `{info['base_model']}`" + (f" for {info['step']} steps" if info["step"] else "") \
+            if info["base_model"] else "no training lineage (a file from another trainer)"
+        return (f"**{self.key}** · {rank} · {info['format']} · sha256 `{info['sha256'][:12]}`  \n"
+                f"trigger: {trigger}  \n"
+                f"titles: {shown or 'none recorded'}  \n"
+                f"{base}")
+
+
+def find_adapters(root: str | Path, family: str | None = None) -> list[Entry]:
+    """Every adapter under `root`, read and checked (safetensors only, finite values, known key layout).
+
+    Args:
+        family: the backbone family, which converts ComfyUI / musubi key layouts.
+
+    Raises:
+        FileNotFoundError: `root` is not a folder (named).
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--adapters {root}: not a folder; give the folder that holds your adapters")
+    entries = []
+    for path in _candidates(root):
+        key = str(path.parent.relative_to(root) if path.name == DIFFUSERS_FILE else path.relative_to(root))
+        entry = Entry(key=key if key != "." else root.name, path=path)
+        try:
+            entry.adapter = adapter_io.read_adapter(path, 1.0, family)
+        except adapter_io.AdapterError as exc:
+            entry.error = str(exc)
+        entries.append(entry)
+    return entries
+
+
+def _candidates(root: Path) -> list[Path]:
+    """Adapter files under `root`, in path order: a folder's DIFFUSERS_FILE stands for the whole folder."""
+    found = []
+
+    def walk(folder: Path) -> None:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".safetensors")
+        if folder / DIFFUSERS_FILE in files:
+            found.append(folder / DIFFUSERS_FILE)
+        else:
+            found.extend(files)
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if sub.name not in SKIP_DIRS and not sub.name.startswith("."):
+                walk(sub)
+
+    walk(root)
+    return found
