@@ -31,7 +31,8 @@ def build_app(studio: Studio, adapters_dir: str | Path):
     names = {str(e.path): e.key for e in studio.adapters.values()}
     unusable = [e for e in studio.entries if e.error]
 
-    with gr.Blocks(title="reelora studio", analytics_enabled=False) as app:
+    # Gradio serves copies of the clips from its cache; the originals stay in --out, so old copies can go.
+    with gr.Blocks(title="reelora studio", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
         gr.Markdown(f"## reelora studio\n`{studio.sampler.model}` · {len(keys)} adapter(s) from `{adapters_dir}` · "
                     f"clips saved to `{studio.out_dir}` · one request runs on the model at a time, others wait in the queue")
         with gr.Row():
@@ -138,9 +139,8 @@ def build_app(studio: Studio, adapters_dir: str | Path):
             text = (f"**compare**, left to right: {' | '.join(p.label for p in panels)}"
                     + (f"; top to bottom: {' | '.join(r.prompt for r in reqs)}" if len(reqs) > 1 else "")
                     + f" · {describe(reqs[0], mix)} · grid `{grid.name}`")
-            first = rows[0][-1]
-            return str(grid), text, items, paths, first.provenance, [str(grid)] + [str(p) for row in rows for r in row
-                                                                                    for p in (r.mp4, r.sidecar)]
+            sidecar = grid.with_suffix(".json")
+            return str(grid), text, items, paths, studio_sidecar(sidecar), [str(grid), str(sidecar)]
 
         def select(paths, evt: gr.SelectData):
             mp4 = Path(paths[evt.index])

@@ -2,9 +2,10 @@
 
 A folder holding `pytorch_lora_weights.safetensors` is one adapter (a training run's `adapter/`; its other
 exports, e.g. `comfyui_lora.safetensors`, are the same weights and are not listed again). Any other
-`.safetensors` file is one adapter (ComfyUI / musubi files dropped in as they are). `checkpoints/` folders
-are skipped: they hold resume state, not adapters (no rank/alpha metadata). A file that cannot be used is
-listed with the reason instead of stopping the studio.
+`.safetensors` file holding LoRA tensors is one adapter (ComfyUI / musubi files dropped in as they are);
+other safetensors (latent caches, optimizer state) are passed over. `checkpoints/` folders are skipped: they
+hold resume state, not adapters (no rank/alpha metadata). A file that cannot be used is listed with the
+reason instead of stopping the studio.
 """
 from __future__ import annotations
 
@@ -81,11 +82,30 @@ def find_adapters(root: str | Path, family: str | None = None) -> list[Entry]:
         key = str(path.parent.relative_to(root) if path.name == DIFFUSERS_FILE else path.relative_to(root))
         entry = Entry(key=key if key != "." else root.name, path=path)
         try:
+            if not _holds_lora(path):
+                continue  # a latent cache entry, optimizer state, full weights: not an adapter, not a problem
             entry.adapter = adapter_io.read_adapter(path, 1.0, family)
         except adapter_io.AdapterError as exc:
             entry.error = str(exc)
         entries.append(entry)
     return entries
+
+
+def _holds_lora(path: Path) -> bool:
+    """Whether a safetensors file's tensor names are LoRA names (reads the header only, not the tensors).
+
+    Raises:
+        AdapterError: the file is not safetensors at all (a pickle under a .safetensors name, a torn file).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    adapter_io.check_safetensors_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError) as exc:
+        raise adapter_io.AdapterError(f"adapter {path}: unreadable safetensors file ({exc})") from exc
+    return any(part in k for k in keys for part in ("lora_A", "lora_B", "lora_down", "lora_up", "lora_magnitude"))
 
 
 def _candidates(root: Path) -> list[Path]:

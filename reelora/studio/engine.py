@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from reelora.files import write_text_atomic
 from reelora.models import adapters as adapter_io
 from reelora.models.sample import Clip, ClipRequest, SampleResult, Sampler, _lineage_mismatch, check_out_dir
 from reelora.models.settings import SampleSettings
@@ -97,7 +98,8 @@ class Studio:
         """Each request as base, each active adapter alone, and (with several) their mix; the same seed each.
 
         Returns the saved clips (one row per request), a grid mp4 in `out_dir/compare/` (rows = requests,
-        columns = panels, side by side so they play in step) and the panels.
+        columns = panels, side by side so they play in step; its JSON sidecar names each clip and holds
+        their provenance) and the panels.
         """
         from reelora.models import media
 
@@ -121,6 +123,9 @@ class Studio:
                                "clips": [[res.mp4.name for res in row] for row in rows]},
                    "seed": first.seed, "prompt": " | ".join(r.prompt for r in requests)}
         media.write_mp4(path, np.concatenate(grid, axis=1), first.fps, provenance=summary)
+        # the grid's sidecar: which clip is where, and each clip's own provenance
+        full = {**summary, "panels": [[res.provenance for res in row] for row in rows]}
+        write_text_atomic(path.with_suffix(".json"), json.dumps(full, indent=2, sort_keys=True) + "\n")
         return rows, path, panels
 
     def _render(self, request: ClipRequest, strengths: dict[str, float], tag: str,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from reelora.models.media import read_mp4
 from tests.models.conftest import ALPHA, LINEAGE, lora_state_dict, to_comfyui, write_diffusers
@@ -51,7 +52,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def adapters_dir(tmp_path_factory) -> Path:
     """style-a/adapter/ (a training run's folder: diffusers file + ComfyUI export, lineage with a trigger word),
-    grain.safetensors (no lineage), checkpoints/ (resume state: skipped) and a pickle posing as safetensors."""
+    grain.safetensors (no lineage), checkpoints/ (resume state: skipped), a latent cache entry (not a LoRA:
+    passed over) and a pickle posing as safetensors (listed as unusable)."""
     root = tmp_path_factory.mktemp("adapters")
     sd, cfg = lora_state_dict("tiny-wan", seed=1)
     lineage = {**LINEAGE, "reelora.trigger": json.dumps(TRIGGER), "reelora.step": "3"}
@@ -63,6 +65,7 @@ def adapters_dir(tmp_path_factory) -> Path:
     ckpt.mkdir(parents=True)
     write_diffusers(ckpt / "lora.safetensors", {k.removeprefix("transformer."): v for k, v in sd.items()}, None)
     (root / "old.safetensors").write_bytes(b"\x80\x04\x95pickle")
+    write_diffusers(root / "cache" / "latents" / "ab" / "ab01.safetensors", {"latents": torch.zeros(4, 2, 4, 4)}, None)
     return root
 
 
@@ -70,7 +73,7 @@ def test_catalog_lists_each_adapter_once_with_its_lineage(adapters_dir):
     from reelora.studio.catalog import find_adapters
 
     entries = {e.key: e for e in find_adapters(adapters_dir, "wan")}
-    # the folder stands for its exports; checkpoints/ is skipped; the fake file is listed with the reason
+    # the folder stands for its exports; checkpoints/ and the cache are passed over; the fake file is listed
     assert sorted(entries) == ["grain.safetensors", "old.safetensors", "style-a/adapter"]
     assert "pickle" in entries["old.safetensors"].error and entries["old.safetensors"].adapter is None
     info = entries["style-a/adapter"].lineage()
@@ -205,4 +208,7 @@ def test_studio_in_chromium_samples_what_reelora_sample_samples(adapters_dir, tm
     assert json.loads(base.with_suffix(".json").read_text())["adapters"] == []
     (grid,) = (clips / "compare").glob("*-compare.mp4")
     assert read_mp4(grid)[0].shape == (9, 32, 64, 3)
+    side = json.loads(grid.with_suffix(".json").read_text())
+    assert side["compare"]["columns"] == ["base", "style-a/adapter x1"]
+    assert [[len(panel["adapters"]) for panel in row] for row in side["panels"]] == [[0, 1]]
     assert (tmp_path / "studio.png").stat().st_size > 10_000
