@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "reelora.models.sample_cli",  # sample
     "reelora.demo.cli",  # base build
     "reelora.research",  # sweep, sufficiency
+    "reelora.models.lineage",  # lineage (shares per title / rights holder), lineage scan
 )
 
 
