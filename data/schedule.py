@@ -76,7 +76,7 @@ def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, 
                     job = {"library": str(library.path), "title_id": title.id, "cfg": asdict(cfg),
                            "work": str(work), "slot": slot + 1}
                     job_path = _job_path(work, title)
-                    _done_path(job_path).unlink(missing_ok=True)
+                    _finish(work, title)
                     write_json_atomic(job_path, job)
                     if slot not in workers or workers[slot].poll() is not None:
                         workers[slot] = subprocess.Popen(
@@ -131,6 +131,10 @@ def _done_path(job_path: Path) -> Path:
     return job_path.with_suffix(".done")
 
 
+def _taken_path(job_path: Path) -> Path:
+    return job_path.with_suffix(".taken")
+
+
 def _read_done(job_path: Path) -> int | None:
     """The exit code a worker recorded for the job at `job_path`, or None while it is still working."""
     try:
@@ -141,8 +145,8 @@ def _read_done(job_path: Path) -> int | None:
 
 def _finish(work: Path, title: mf.Title) -> None:
     job_path = _job_path(work, title)
-    job_path.unlink(missing_ok=True)
-    _done_path(job_path).unlink(missing_ok=True)
+    for path in (job_path, _done_path(job_path), _taken_path(job_path)):
+        path.unlink(missing_ok=True)
 
 
 def _stop(child: subprocess.Popen) -> None:
@@ -155,11 +159,20 @@ def _stop(child: subprocess.Popen) -> None:
             pass
 
 
+STARTUP_SECONDS = 120.0
+"""How long a fresh worker may take to start (imports on a loaded machine) before its stall clock runs."""
+
+
 def _idle_seconds(work: Path, title: mf.Title, started: float) -> float:
+    """Seconds since the title's worker last showed progress (its heartbeat, or taking the job)."""
     try:
         last = (title_dir(work, title.id) / HEARTBEAT).stat().st_mtime
     except OSError:
         last = 0.0
+    try:
+        last = max(last, _taken_path(_job_path(work, title)).stat().st_mtime)
+    except OSError:  # not taken yet: a fresh worker is still importing
+        started += STARTUP_SECONDS
     return time.time() - max(last, started)
 
 
@@ -200,6 +213,10 @@ def _child_main(argv: list[str]) -> int:
     cv2.setNumThreads(threads)
     for line in sys.stdin:
         job_path = Path(line.strip())
+        try:
+            _taken_path(job_path).touch()  # the parent's stall clock starts now, not while this worker imported
+        except OSError:
+            pass
         code = _run_job(json.loads(job_path.read_text(encoding="utf-8")))
         try:
             write_json_atomic(_done_path(job_path), code)

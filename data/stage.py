@@ -248,6 +248,7 @@ def _cut_clips(title: mf.Title, cfg: BuildConfig, trigger: str, info, windows: l
                 to_caption.append((staged.clips[-1], captioner.pick(clip)))
             if len(to_caption) >= cfg.caption_batch:
                 _caption_batch(title, cfg, trigger, captioner, to_caption)
+                heart.beat()  # a VLM batch on a slow device is progress too
         bar.update()
         current = next(window_iter, None)
     if to_caption:
