@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from collections import Counter
 from pathlib import Path
 
 import pytest
