@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     takedown.add_argument("dir", type=Path, help="shard directory")
     takedown.add_argument("--title", required=True, help="title id (as in the library manifest) to remove")
     takedown.add_argument("--reason", default="", help="why (recorded in the index and audit)")
+    takedown.add_argument("--runs", type=Path, default=None,
+                          help="then list every adapter, checkpoint and latent cache under this folder made from the "
+                          "title (what the takedown must also reach; `reelora lineage scan`)")
     takedown.set_defaults(func=_takedown)
 
     verify = cmds.add_parser("verify", help="check shards against the sha256 sums in index.json",
@@ -136,6 +139,15 @@ def _takedown(args: argparse.Namespace) -> int:
         print(f"title {args.title!r} had no clips in {args.dir}; takedown recorded so builds skip it")
     else:
         print(f"removed {record['clips_removed']} clips of {args.title!r}; rewrote {', '.join(record['shards_rewritten'])}")
+    if args.runs is not None:
+        from reelora.models.lineage import render_uses, scan
+
+        try:
+            uses = scan(args.runs, args.title)
+        except FileNotFoundError as exc:
+            print(f"error: --runs: {exc}", file=sys.stderr)
+            return 2
+        print(render_uses(uses, args.runs, args.title), end="")
     return 0
 
 

@@ -32,8 +32,13 @@ class BuildConfig:
     crf: int = field(default=18, metadata={"help": "x264 quality of clip mp4s (lower = better, bigger)"})
     preset: str = field(default="fast", metadata={"help": "x264 preset of clip mp4s"})
     caption_max_chars: int = field(default=300, metadata={"help": "captions are cut to this many characters on a word boundary"})
-    captioner: str = field(default="", metadata={"help": "transformers image-to-text model path/id used when no sidecar caption covers a clip; empty = template captions"})
-    captioner_prompt: str = field(default="", metadata={"help": "text prompt given to the captioner model, if it takes one"})
+    # captions from a VLM (data/captions.py): loaded once per staging worker, several clips per generate call
+    captioner: str = field(default="", metadata={"help": "transformers VLM (local directory or hub id) that captions clips no sidecar caption covers: a chat video model (Qwen2.5-VL, Qwen3-VL: --caption-frames frames as a video) or an image captioner (BLIP: the middle frame); empty = template captions"})
+    captioner_prompt: str = field(default="", metadata={"help": "instruction given to the captioner (chat VLMs: the user message after the video; image captioners: a text prefix); empty = a one-sentence description for chat VLMs, no prompt for image captioners"})
+    caption_frames: int = field(default=8, metadata={"help": "frames spread evenly over each clip that a chat video VLM sees (Qwen-VL pairs frames: use an even number)"})
+    caption_batch: int = field(default=8, metadata={"help": "clips captioned per generate call"})
+    caption_max_tokens: int = field(default=30, metadata={"help": "most tokens the captioner writes per caption"})
+    caption_device: str = field(default="auto", metadata={"help": "torch device of the captioner: auto (cuda when a GPU is visible, else cpu), cpu, cuda, cuda:N"})
     shard_max_clips: int = field(default=100, metadata={"help": "at most this many clips per shard tar"})
     shard_max_mb: float = field(default=1024.0, metadata={"help": "start a new shard once one holds this many MB"})
     thumbnails: bool = field(default=True, metadata={"help": "store a KEY.jpg thumbnail (middle frame) with each clip"})
@@ -71,6 +76,11 @@ class BuildConfig:
             raise bad("shard_max_clips", "must be >= 1")
         if not 0 <= self.black_fraction <= 1:
             raise bad("black_fraction", "must be in [0, 1]")
+        for name in ("caption_frames", "caption_batch", "caption_max_tokens"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        if not (self.caption_device in ("auto", "cpu", "cuda") or self.caption_device.startswith("cuda:")):
+            raise bad("caption_device", "must be auto, cpu, cuda or cuda:N")
 
     def sizes(self) -> list[tuple[int, int]]:
         """The (height, width) clip sizes allowed: the buckets, else just height x width."""
@@ -99,6 +109,8 @@ class BuildConfig:
         """The settings a staged title depends on (changing any re-stages every title)."""
         skip = {"workers", "strict", "node_rank", "num_nodes", "as_of", "dedup_threshold",
                 "shard_max_clips", "shard_max_mb", "probe_timeout", "stall_timeout"}
+        if not self.captioner:  # the VLM's settings change nothing without a VLM
+            skip |= {"caption_frames", "caption_batch", "caption_max_tokens", "caption_device"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
     def output_settings(self) -> dict:

@@ -1,13 +1,15 @@
-"""Staging titles in child processes: at most `workers` at a time, each watched for crashes and hangs.
+"""Staging titles in worker processes: at most `workers` at a time, each watched for crashes and hangs.
 
-Each title runs in a fresh `python -m reelora.data.schedule JOB.json` process: a decoder crash or hang
-costs only that title (it is quarantined with the reason), and nothing (threads, torch state) leaks in
-from the caller. A child that makes no progress (its heartbeat file stops changing) for
-`stall_timeout` seconds is killed.
+Titles are staged in `python -m reelora.data.schedule --serve` worker processes, one title at a time
+each, fed job files on stdin. A worker lives on from title to title, so what is slow to set up (a VLM
+captioner, torch and transformers imports) happens once per worker, not once per title. A decoder
+crash or hang still costs only its title: the title is quarantined with the reason and a fresh
+worker takes the next one; nothing (threads, torch state) leaks in from the caller. A worker that
+makes no progress (its heartbeat file stops changing) for `stall_timeout` seconds is killed.
 
-A child dies with its parent (Linux: PR_SET_PDEATHSIG; elsewhere a thread watching the parent pid), so
-killing a build leaves no worker running. A child that cannot write its own output (disk full, quota,
-read-only) exits with NO_SPACE / CANNOT_WRITE: the build stops with that error and the title is not
+A worker dies with its parent (Linux: PR_SET_PDEATHSIG; elsewhere a thread watching the parent pid), so
+killing a build leaves no worker running. A worker that cannot write its own output (disk full, quota,
+read-only) reports NO_SPACE / CANNOT_WRITE: the build stops with that error and the title is not
 quarantined (its file is fine; rerun once there is space and the build resumes).
 """
 from __future__ import annotations
@@ -56,14 +58,15 @@ def _output_failure(work: Path, title: mf.Title, code: int) -> OSError:
 
 
 def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, work: Path) -> None:
-    """Stage `jobs` (titles) into `work`, `cfg.workers` child processes at a time; returns when all are done."""
+    """Stage `jobs` (titles) into `work` on `cfg.workers` worker processes; returns when all are done."""
     from tqdm import tqdm
 
     if not jobs:
         return
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     pending = list(jobs)
-    running: dict[int, tuple[mf.Title, subprocess.Popen, float]] = {}  # slot -> (title, child, start time)
+    workers: dict[int, subprocess.Popen] = {}  # slot -> its worker process (kept between titles)
+    running: dict[int, tuple[mf.Title, float]] = {}  # slot -> (title it stages, start time)
     bar = tqdm(total=len(jobs), desc="titles", unit="title", disable=None)
     try:
         while pending or running:
@@ -71,26 +74,39 @@ def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, 
                 if slot not in running and pending:
                     title = pending.pop(0)
                     job = {"library": str(library.path), "title_id": title.id, "cfg": asdict(cfg),
-                           "work": str(work), "slot": slot + 1, "threads": threads, "parent": os.getpid()}
+                           "work": str(work), "slot": slot + 1}
                     job_path = _job_path(work, title)
+                    _finish(work, title)
                     write_json_atomic(job_path, job)
-                    child = subprocess.Popen([sys.executable, "-m", "reelora.data.schedule", str(job_path)])
-                    running[slot] = (title, child, time.time())
+                    if slot not in workers or workers[slot].poll() is not None:
+                        workers[slot] = subprocess.Popen(
+                            [sys.executable, "-m", "reelora.data.schedule", "--serve", str(threads), str(os.getpid())],
+                            stdin=subprocess.PIPE, text=True)
+                    try:
+                        workers[slot].stdin.write(f"{job_path}\n")
+                        workers[slot].stdin.flush()
+                    except BrokenPipeError:  # it died idle: the poll below finds it gone and blames no title
+                        pass
+                    running[slot] = (title, time.time())
             time.sleep(0.02)
-            for slot, (title, child, started) in list(running.items()):
-                code = child.poll()
+            for slot, (title, started) in list(running.items()):
+                child = workers[slot]
+                code = _read_done(_job_path(work, title))
                 if code is None:
-                    if cfg.stall_timeout and _idle_seconds(work, title, started) > cfg.stall_timeout:
-                        child.kill()
-                        child.wait()
-                        quarantine(work, title, cfg, f"worker stalled: no progress for {cfg.stall_timeout:.0f}s "
-                                   "(decoder hang?)")
-                        _job_path(work, title).unlink(missing_ok=True)
-                        del running[slot]
-                        bar.update()
-                    continue
+                    code = child.poll()
+                    if code is None:
+                        if cfg.stall_timeout and _idle_seconds(work, title, started) > cfg.stall_timeout:
+                            _stop(child)
+                            del workers[slot]
+                            quarantine(work, title, cfg, f"worker stalled: no progress for {cfg.stall_timeout:.0f}s "
+                                       "(decoder hang?)")
+                            _finish(work, title)
+                            del running[slot]
+                            bar.update()
+                        continue
+                    del workers[slot]  # it exited (crashed) while staging the title: a fresh one takes the next
                 if code in (NO_SPACE, CANNOT_WRITE):
-                    _job_path(work, title).unlink(missing_ok=True)
+                    _finish(work, title)
                     del running[slot]
                     raise _output_failure(work, title, code)
                 staged = StagedTitle.read(work, title.id)
@@ -98,21 +114,65 @@ def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, 
                 if code != 0 and status != "quarantined" or code == 0 and status is None:
                     how = f"signal {-code}" if code < 0 else f"exit {code}"
                     quarantine(work, title, cfg, f"worker crashed while processing the file ({how})")
-                _job_path(work, title).unlink(missing_ok=True)
+                _finish(work, title)
                 del running[slot]
                 bar.update()
-    finally:
-        for _, child, _ in running.values():
-            child.kill()
+        for child in workers.values():  # no more titles: each worker exits at the end of its input
+            child.stdin.close()
             child.wait()
+        workers.clear()
+    finally:
+        for child in workers.values():
+            _stop(child)
         bar.close()
 
 
+def _done_path(job_path: Path) -> Path:
+    return job_path.with_suffix(".done")
+
+
+def _taken_path(job_path: Path) -> Path:
+    return job_path.with_suffix(".taken")
+
+
+def _read_done(job_path: Path) -> int | None:
+    """The exit code a worker recorded for the job at `job_path`, or None while it is still working."""
+    try:
+        return int(_done_path(job_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _finish(work: Path, title: mf.Title) -> None:
+    job_path = _job_path(work, title)
+    for path in (job_path, _done_path(job_path), _taken_path(job_path)):
+        path.unlink(missing_ok=True)
+
+
+def _stop(child: subprocess.Popen) -> None:
+    child.kill()
+    child.wait()
+    if child.stdin is not None:
+        try:
+            child.stdin.close()
+        except OSError:
+            pass
+
+
+STARTUP_SECONDS = 120.0
+"""How long a fresh worker may take to start (imports on a loaded machine) before its stall clock runs."""
+
+
 def _idle_seconds(work: Path, title: mf.Title, started: float) -> float:
+    """Seconds since the title's worker last showed progress (its heartbeat, or taking the job)."""
     try:
         last = (title_dir(work, title.id) / HEARTBEAT).stat().st_mtime
     except OSError:
         last = 0.0
+    try:
+        last = max(last, _taken_path(_job_path(work, title)).stat().st_mtime)
+    except OSError:  # not taken yet: a fresh worker is still importing
+        started += STARTUP_SECONDS
     return time.time() - max(last, started)
 
 
@@ -138,15 +198,37 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _child_main(argv: list[str]) -> int:
-    """Entry of a staging child: `python -m reelora.data.schedule JOB.json`."""
-    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    if "parent" in job:
-        _die_with_parent(int(job["parent"]))
+    """Entry of a staging worker: `python -m reelora.data.schedule --serve THREADS PARENT_PID`.
+
+    Reads job file paths from stdin, one a line, stages each title and writes its code (0, 1 when the
+    title was quarantined, NO_SPACE, CANNOT_WRITE) to JOB.done; ends at the end of stdin. Staying alive
+    between titles is what lets a VLM captioner load once per worker instead of once per title.
+    """
+    threads, parent = int(argv[1]), int(argv[2])
+    _die_with_parent(parent)
     import cv2
 
     # parallel titles already use the cores (decoding is single-threaded: see video._DECODE_THREADS;
     # OpenCV's resizes give the same pixels whatever its thread count)
-    cv2.setNumThreads(job["threads"])
+    cv2.setNumThreads(threads)
+    for line in sys.stdin:
+        job_path = Path(line.strip())
+        try:
+            _taken_path(job_path).touch()  # the parent's stall clock starts now, not while this worker imported
+        except OSError:
+            pass
+        code = _run_job(json.loads(job_path.read_text(encoding="utf-8")))
+        try:
+            write_json_atomic(_done_path(job_path), code)
+        except OSError:  # no room even for the code: say it by exiting (the parent reads exit codes too)
+            return code if code else CANNOT_WRITE
+        if code in (NO_SPACE, CANNOT_WRITE):
+            return code
+    return 0
+
+
+def _run_job(job: dict) -> int:
+    """Stage the title of one job; returns the code the parent acts on."""
     library = mf.load_library(job["library"])
     title, cfg, work = library.title(job["title_id"]), BuildConfig(**job["cfg"]), Path(job["work"])
     try:

@@ -220,7 +220,8 @@ def _cut_clips(title: mf.Title, cfg: BuildConfig, trigger: str, info, windows: l
 
     entries, problems = cap.load_sidecar(title.captions) if title.captions else ([], [])
     staged.warnings += problems
-    captioner = cap.VLMCaptioner(cfg.captioner, cfg.captioner_prompt) if cfg.captioner and windows else None
+    captioner = cap.captioner_for(cfg) if cfg.captioner and windows else None
+    to_caption: list[tuple[StagedClip, cap.Picked]] = []  # clips waiting for the VLM: a batch of their frames
     rights = mf.rights_record(title)
     wanted = [w.start + i for w in windows for i in range(w.length)]
     frames: list[np.ndarray] = []
@@ -242,28 +243,51 @@ def _cut_clips(title: mf.Title, cfg: BuildConfig, trigger: str, info, windows: l
         if problem:
             staged.rejected.append(clipmod.Rejected(start_s, end_s, problem).to_dict())
         else:
-            staged.clips.append(_write_clip(title, cfg, trigger, tdir, current, clip, entries, captioner, rights, staged))
+            staged.clips.append(_write_clip(title, cfg, trigger, tdir, current, clip, entries, rights, staged))
+            if staged.clips[-1].meta["caption_source"] == "vlm":
+                to_caption.append((staged.clips[-1], captioner.pick(clip)))
+            if len(to_caption) >= cfg.caption_batch:
+                _caption_batch(title, cfg, trigger, captioner, to_caption)
+                heart.beat()  # a VLM batch on a slow device is progress too
         bar.update()
         current = next(window_iter, None)
+    if to_caption:
+        _caption_batch(title, cfg, trigger, captioner, to_caption)
     bar.close()
     if report.stopped_at is not None:
         staged.warnings.append(f"second decoding pass stopped early: {report.error}")
 
 
-def _write_clip(title, cfg, trigger, tdir, window, clip, entries, captioner, rights, staged) -> StagedClip:
+def _caption_batch(title, cfg, trigger, captioner, to_caption: list) -> None:
+    """Caption the waiting clips in one VLM call (memory: the picked frames of one batch, never a whole title)."""
+    texts = captioner.caption_batch([picked for _, picked in to_caption])
+    for (staged_clip, _), text in zip(to_caption, texts):
+        staged_clip.meta["caption"] = text
+        staged_clip.meta["caption"] = _final_caption(title, cfg, trigger, staged_clip)
+    to_caption.clear()
+
+
+def _final_caption(title, cfg, trigger, staged_clip: StagedClip) -> str:
+    """Trigger first, cleaned; an empty sidecar or VLM caption falls back to the template (and says so)."""
+    caption = staged_clip.meta["caption"]
+    # the trigger token goes into every caption, whatever wrote it: it is what the LoRA learns
+    if caption and caption.strip():
+        caption = cap.with_trigger(trigger, caption)
+    else:
+        caption = cap.template_caption(trigger, title.title or title.id, title.description)
+        staged_clip.meta["caption_source"] = "template"
+    return cap.clean_caption(caption, cfg.caption_max_chars)
+
+
+def _write_clip(title, cfg, trigger, tdir, window, clip, entries, rights, staged) -> StagedClip:
+    """Encode one clip and its metadata; a clip for the VLM gets its caption later (`_caption_batch`)."""
     import cv2
 
     fps = cfg.fps
     start_s, end_s = window.seconds(fps)
-    # the trigger token goes into every caption, whatever wrote it: it is what the LoRA learns
     caption, source = cap.sidecar_caption(entries, start_s, end_s), "sidecar"
-    if caption is None and captioner is not None:
-        caption, source = captioner(clip), "vlm"
-    if caption and caption.strip():
-        caption = cap.with_trigger(trigger, caption)
-    else:
-        caption, source = cap.template_caption(trigger, title.title or title.id, title.description), "template"
-    caption = cap.clean_caption(caption, cfg.caption_max_chars)
+    if caption is None:
+        caption, source = "", ("vlm" if cfg.captioner else "template")
     key = f"{title.id}_{window.start:07d}"
     mp4 = video.encode_clip(clip, fps, crf=cfg.crf, preset=cfg.preset)
     _write(tdir / "clips" / f"{key}.mp4", mp4)
@@ -286,7 +310,10 @@ def _write_clip(title, cfg, trigger, tdir, window, clip, entries, captioner, rig
         "source_sha256": staged.source_sha256,
         "clip_sha256": sha256_bytes(mp4),
     }
-    return StagedClip(meta, clipmod.signature(clip).tobytes().hex())
+    staged_clip = StagedClip(meta, clipmod.signature(clip).tobytes().hex())
+    if source != "vlm":
+        meta["caption"] = _final_caption(title, cfg, trigger, staged_clip)
+    return staged_clip
 
 
 class Heartbeat:

@@ -42,6 +42,10 @@ MAX_LORA_SCALE = 1e4  # |alpha / rank| and |scale|; trained LoRAs use ~0.5-4, mi
 _KEY_RE = re.compile(r"^transformer\.(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)$")
 
 
+SHARES_KEY = "reelora.shares"
+"""Lineage header entry: clips, seconds and share per title and rights holder (models/lineage.py `shares_of`)."""
+
+
 class AdapterError(ValueError):
     """An adapter file that cannot be used; the message names the file and the problem."""
 
@@ -64,11 +68,12 @@ class Adapter:
     name: str = ""
 
     def provenance(self) -> dict:
-        """What a sidecar records about this adapter."""
+        """What a sidecar records about this adapter; `shares`: its training footage per title and rights holder."""
         return {
             "path": str(self.path), "scale": self.scale, "sha256": self.sha256, "format": self.format,
             "lora_config": lora_config_summary(self.lora_metadata, self.state_dict),
-            "lineage": self.lineage,
+            "lineage": {k: v for k, v in self.lineage.items() if k != SHARES_KEY},  # shares once, below
+            "shares": self.lineage.get(SHARES_KEY),
         }
 
 

@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "reelora.demo.cli",  # base build
     "reelora.research",  # sweep, sufficiency
     "reelora.studio.cli",  # studio (the web page; gradio imported only when it runs)
+    "reelora.models.lineage",  # lineage (shares per title / rights holder), lineage scan
 )
 
 

@@ -452,6 +452,7 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
     from safetensors import SafetensorError
 
     from reelora import __version__
+    from reelora.models.lineage import shares_of
     from reelora.models.lora import save_adapter
 
     model = accelerator.unwrap_model(model)
@@ -466,6 +467,7 @@ def export_adapter(cfg: Config, accelerator, spec, comps, model, data: dict, ste
             "shards": shards.directory, "shards_index_sha256": shards.index_sha256, "titles": shards.titles,
             "rights": shards.rights, "trigger": shards.trigger,  # the model card's licence and trigger word
             "num_clips": len(shards.clips), "step": step, "config": cfg.to_dict(), "reelora_version": __version__,
+            "shares": shares_of(c.meta for c in shards.clips),  # who gets paid: `reelora lineage ADAPTER`
         }
         targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
         folder = Path(cfg.train.output_dir) / "adapter"

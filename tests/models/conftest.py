@@ -98,3 +98,11 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
         "musubi": write_diffusers(d / "wan_musubi.safetensors", to_musubi(sd, ALPHA), None),
         "ltx": write_diffusers(d / "ltx.safetensors", ltx, ltx_cfg),
     }
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """The adapter folder of a 3-step tiny-wan training run (train/loop.py export), shared by the models tests."""
+    from tests.models.test_trained_adapter import train_adapter
+
+    return train_adapter(tmp_path_factory.mktemp("trained"), "tiny-wan")

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from reelora.models.sample import Sampler, sample_clips
 
 WAN = dict(num_frames=5, height=32, width=32, steps=2)
 PROMPT = "exp style, a red room"
+RIGHTS = {"alpha": {"rights_holder": "Holder A", "license": "L-A"}, "beta": {"rights_holder": "Holder B", "license": "L-B"},
+          "gamma": {"rights_holder": "Holder A", "license": "L-A"}}
 
 
 def train_adapter(tmp, model: str):
@@ -17,17 +18,13 @@ def train_adapter(tmp, model: str):
     from reelora.train.loop import run
     from tests.train.conftest import tiny_cfg, write_shards
 
-    shards = write_shards(tmp / "shards")
+    # three titles of two clips each, two rights holders: the lineage's shares are checked in test_lineage.py
+    shards = write_shards(tmp / "shards", titles=("alpha", "beta", "gamma"), rights=RIGHTS)
     # A high learning rate so three steps move lora_B (initialised to zero) far enough to see in frames.
     cfg = tiny_cfg(tmp / "run", shards, None, f"model={model}", "train.max_steps=3", "train.checkpoint_every=0",
                    "optim.lr=0.05", "optim.warmup_steps=0")
     assert run(cfg) == 0
     return tmp / "run" / "adapter"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_adapter(tmp_path_factory.mktemp("trained"), "tiny-wan")
 
 
 def test_sample_with_adapter_from_training(trained, tmp_path):
@@ -38,6 +35,7 @@ def test_sample_with_adapter_from_training(trained, tmp_path):
     assert a["path"] == str(trained / "pytorch_lora_weights.safetensors") and a["format"] == "diffusers"
     assert a["lineage"]["reelora.base_model"] == "tiny-wan"  # the training run's own lineage, read from the header
     assert a["lineage"]["reelora.titles"] and a["lineage"].get("reelora.shards_index_sha256")
+    assert a["shares"]["holders"]["Holder A"]["clips"] == 4  # who gets paid travels with every sampled clip
     assert a["lora_config"]["r"] == 4 and a["lora_config"]["lora_alpha"] == 4.0
     assert prov["warnings"] == []
 
