@@ -30,15 +30,16 @@ from reelora.data.shards import check_title_id
 from reelora.files import write_json_atomic
 from reelora.data.stage import HEARTBEAT, OutputError, StagedTitle, quarantine, stage_title, title_dir
 
-__all__ = ["run_stage_jobs", "NO_SPACE", "CANNOT_WRITE"]
+__all__ = ["run_stage_jobs", "job_for", "start_child", "stalled", "settle", "NO_SPACE", "CANNOT_WRITE", "STALLED"]
 
 NO_SPACE = 28  # a child's exit code: out of disk space or quota while writing its output (errno.ENOSPC)
 CANNOT_WRITE = 73  # a child's exit code: another error writing its output (EX_CANTCREAT)
+STALLED = -1000  # not an exit code: the child made no progress for stall_timeout seconds and was killed
 _NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
-def _job_path(work: Path, title: mf.Title) -> Path:
-    return work / f".job-{check_title_id(title.id)}.json"
+def _job_path(work: Path, title_id: str) -> Path:
+    return work / f".job-{check_title_id(title_id)}.json"
 
 
 def _output_failure(work: Path, title: mf.Title, code: int) -> OSError:
@@ -70,36 +71,21 @@ def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, 
             for slot in range(cfg.workers):
                 if slot not in running and pending:
                     title = pending.pop(0)
-                    job = {"library": str(library.path), "title_id": title.id, "cfg": asdict(cfg),
-                           "work": str(work), "slot": slot + 1, "threads": threads, "parent": os.getpid()}
-                    job_path = _job_path(work, title)
-                    write_json_atomic(job_path, job)
-                    child = subprocess.Popen([sys.executable, "-m", "reelora.data.schedule", str(job_path)])
+                    child = start_child(job_for(library, title, cfg, work, slot + 1, threads))
                     running[slot] = (title, child, time.time())
             time.sleep(0.02)
             for slot, (title, child, started) in list(running.items()):
                 code = child.poll()
                 if code is None:
-                    if cfg.stall_timeout and _idle_seconds(work, title, started) > cfg.stall_timeout:
+                    if stalled(work, title.id, cfg.stall_timeout, started):
                         child.kill()
                         child.wait()
-                        quarantine(work, title, cfg, f"worker stalled: no progress for {cfg.stall_timeout:.0f}s "
-                                   "(decoder hang?)")
-                        _job_path(work, title).unlink(missing_ok=True)
                         del running[slot]
+                        settle(work, title, cfg, STALLED)
                         bar.update()
                     continue
-                if code in (NO_SPACE, CANNOT_WRITE):
-                    _job_path(work, title).unlink(missing_ok=True)
-                    del running[slot]
-                    raise _output_failure(work, title, code)
-                staged = StagedTitle.read(work, title.id)
-                status = staged.status if staged is not None else None
-                if code != 0 and status != "quarantined" or code == 0 and status is None:
-                    how = f"signal {-code}" if code < 0 else f"exit {code}"
-                    quarantine(work, title, cfg, f"worker crashed while processing the file ({how})")
-                _job_path(work, title).unlink(missing_ok=True)
                 del running[slot]
+                settle(work, title, cfg, code)
                 bar.update()
     finally:
         for _, child, _ in running.values():
@@ -108,9 +94,44 @@ def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, 
         bar.close()
 
 
-def _idle_seconds(work: Path, title: mf.Title, started: float) -> float:
+def job_for(library: mf.Library, title: mf.Title, cfg: BuildConfig, work: Path, slot: int, threads: int) -> dict:
+    """What a staging child needs to stage one title (written as its JOB.json)."""
+    return {"library": str(library.path), "title_id": title.id, "cfg": asdict(cfg), "work": str(work),
+            "slot": slot, "threads": threads}
+
+
+def start_child(job: dict) -> subprocess.Popen:
+    """Start `python -m reelora.data.schedule JOB.json` for `job`; the child dies with this process."""
+    job = dict(job, parent=os.getpid())
+    job_path = _job_path(Path(job["work"]), job["title_id"])
+    write_json_atomic(job_path, job)
+    return subprocess.Popen([sys.executable, "-m", "reelora.data.schedule", str(job_path)])
+
+
+def stalled(work: Path, title_id: str, stall_timeout: float, started: float) -> bool:
+    """True when a title's child has made no progress for `stall_timeout` seconds (0 = never stalls)."""
+    return bool(stall_timeout) and _idle_seconds(work, title_id, started) > stall_timeout
+
+
+def settle(work: Path, title: mf.Title, cfg: BuildConfig, code: int) -> None:
+    """Record how a title's child ended (exit `code`, or STALLED): quarantine a crash or a hang; raise
+    when the child could not write its output (our disk, not the title: the build stops)."""
+    _job_path(work, title.id).unlink(missing_ok=True)
+    if code == STALLED:
+        quarantine(work, title, cfg, f"worker stalled: no progress for {cfg.stall_timeout:.0f}s (decoder hang?)")
+        return
+    if code in (NO_SPACE, CANNOT_WRITE):
+        raise _output_failure(work, title, code)
+    staged = StagedTitle.read(work, title.id)
+    status = staged.status if staged is not None else None
+    if code != 0 and status != "quarantined" or code == 0 and status is None:
+        how = f"signal {-code}" if code < 0 else f"exit {code}"
+        quarantine(work, title, cfg, f"worker crashed while processing the file ({how})")
+
+
+def _idle_seconds(work: Path, title_id: str, started: float) -> float:
     try:
-        last = (title_dir(work, title.id) / HEARTBEAT).stat().st_mtime
+        last = (title_dir(work, title_id) / HEARTBEAT).stat().st_mtime
     except OSError:
         last = 0.0
     return time.time() - max(last, started)
