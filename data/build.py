@@ -100,7 +100,12 @@ def _build(library: mf.Library, out: Path, cfg: BuildConfig) -> BuildSummary:
     todo = [t for t in eligible if load_staged(work, t, cfg) is None]
     summary.titles_skipped = len(eligible) - len(todo)
     summary.titles_staged = len(todo)
-    run_stage_jobs(library, todo, cfg, work)
+    if cfg.engine == "ray":
+        from reelora.data.ray_stage import run_stage_jobs_ray
+
+        run_stage_jobs_ray(library, todo, cfg, work)
+    else:
+        run_stage_jobs(library, todo, cfg, work)
     if cfg.num_nodes > 1:
         summary.assembled = False
         return summary

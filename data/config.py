@@ -8,6 +8,9 @@ import numpy as np
 
 __all__ = ["BuildConfig"]
 
+# where titles are staged, not what comes out: never part of a stage key or index.json
+_ENGINE = ("engine", "ray_address", "ray_cpus_per_title", "ray_gpus_per_worker", "ray_workers", "ray_retries")
+
 
 @dataclass
 class BuildConfig:
@@ -18,7 +21,13 @@ class BuildConfig:
     height: int = field(default=480, metadata={"help": "clip height in pixels (even), after resize + centre crop"})
     width: int = field(default=832, metadata={"help": "clip width in pixels (even), after resize + centre crop"})
     buckets: str = field(default="", metadata={"help": "aspect-ratio buckets as comma-separated HEIGHTxWIDTH sizes (e.g. 480x832,832x480,624x624); each title uses the one nearest its aspect ratio instead of --height x --width"})
-    workers: int = field(default=1, metadata={"help": "titles processed in parallel (one process each)"})
+    workers: int = field(default=1, metadata={"help": "titles processed in parallel (one process each) by --engine local"})
+    engine: str = field(default="local", metadata={"help": "who runs the per-title staging: local (--workers child processes on this machine) or ray (Ray tasks on a cluster, or on this machine; see --ray-address). Same shards either way"})
+    ray_address: str = field(default="", metadata={"help": "--engine ray: the cluster to use: '' starts a private Ray on this machine, 'auto' joins the cluster this machine is part of (`ray start`), or HOST:PORT / ray://HOST:10001"})
+    ray_cpus_per_title: float = field(default=1.0, metadata={"help": "--engine ray: CPUs each Ray staging worker reserves (its decode threads)"})
+    ray_gpus_per_worker: float = field(default=0.0, metadata={"help": "--engine ray: GPUs each Ray staging worker reserves, for a GPU captioner (0.25 = four workers share a GPU); 0 = CPU-only workers"})
+    ray_workers: int = field(default=0, metadata={"help": "--engine ray: staging workers (Ray actors; each loads the captioner once); 0 = the cluster's CPUs / --ray-cpus-per-title"})
+    ray_retries: int = field(default=3, metadata={"help": "--engine ray: times a title's task is rerun when its worker or node is lost"})
     strict: bool = field(default=False, metadata={"help": "exit non-zero if any file was quarantined (good clips are still written)"})
     node_rank: int = field(default=0, metadata={"help": "this machine's index for a multi-machine build (see module docs)"})
     num_nodes: int = field(default=1, metadata={"help": "machines sharing the staging work; >1 stages only, a final single run assembles"})
@@ -62,6 +71,16 @@ class BuildConfig:
                 raise bad(name, "must be an even number >= 2 (H.264 yuv420p)")
         if self.workers < 1:
             raise bad("workers", "must be >= 1")
+        if self.engine not in ("local", "ray"):
+            raise bad("engine", "must be 'local' or 'ray'")
+        if self.ray_address and self.engine != "ray":
+            raise bad("ray_address", "needs --engine ray")
+        if not self.ray_cpus_per_title > 0:
+            raise bad("ray_cpus_per_title", "must be > 0")
+        if self.ray_gpus_per_worker < 0 or self.ray_workers < 0:
+            raise bad("ray_gpus_per_worker" if self.ray_gpus_per_worker < 0 else "ray_workers", "must be >= 0")
+        if self.ray_retries < 0:
+            raise bad("ray_retries", "must be >= 0")
         if self.num_nodes < 1 or not 0 <= self.node_rank < self.num_nodes:
             raise bad("node_rank", f"must be in [0, num_nodes={self.num_nodes})")
         if self.as_of:
@@ -107,7 +126,7 @@ class BuildConfig:
 
     def stage_settings(self) -> dict:
         """The settings a staged title depends on (changing any re-stages every title)."""
-        skip = {"workers", "strict", "node_rank", "num_nodes", "as_of", "dedup_threshold",
+        skip = {"workers", "strict", "node_rank", "num_nodes", "as_of", "dedup_threshold", *_ENGINE,
                 "shard_max_clips", "shard_max_mb", "probe_timeout", "stall_timeout"}
         if not self.captioner:  # the VLM's settings change nothing without a VLM
             skip |= {"caption_frames", "caption_batch", "caption_max_tokens", "caption_device"}
@@ -115,7 +134,7 @@ class BuildConfig:
 
     def output_settings(self) -> dict:
         """Settings recorded in index.json (everything that shapes the shards)."""
-        skip = {"workers", "strict", "node_rank", "num_nodes", "probe_timeout", "stall_timeout"}
+        skip = {"workers", "strict", "node_rank", "num_nodes", "probe_timeout", "stall_timeout", *_ENGINE}
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         d["as_of"] = self.as_of_date().isoformat()
         return d

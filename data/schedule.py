@@ -32,15 +32,16 @@ from reelora.data.shards import check_title_id
 from reelora.files import write_json_atomic
 from reelora.data.stage import HEARTBEAT, OutputError, StagedTitle, quarantine, stage_title, title_dir
 
-__all__ = ["run_stage_jobs", "NO_SPACE", "CANNOT_WRITE"]
+__all__ = ["run_stage_jobs", "StagingWorker", "job_for", "settle", "NO_SPACE", "CANNOT_WRITE", "STALLED"]
 
 NO_SPACE = 28  # a child's exit code: out of disk space or quota while writing its output (errno.ENOSPC)
 CANNOT_WRITE = 73  # a child's exit code: another error writing its output (EX_CANTCREAT)
+STALLED = -1000  # not an exit code: the worker made no progress for stall_timeout seconds and was killed
 _NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
-def _job_path(work: Path, title: mf.Title) -> Path:
-    return work / f".job-{check_title_id(title.id)}.json"
+def _job_path(work: Path, title_id: str) -> Path:
+    return work / f".job-{check_title_id(title_id)}.json"
 
 
 def _output_failure(work: Path, title: mf.Title, code: int) -> OSError:
@@ -65,66 +66,107 @@ def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, 
         return
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     pending = list(jobs)
-    workers: dict[int, subprocess.Popen] = {}  # slot -> its worker process (kept between titles)
-    running: dict[int, tuple[mf.Title, float]] = {}  # slot -> (title it stages, start time)
+    workers = [StagingWorker(threads) for _ in range(cfg.workers)]
+    running: dict[int, mf.Title] = {}  # slot -> the title its worker stages
     bar = tqdm(total=len(jobs), desc="titles", unit="title", disable=None)
     try:
         while pending or running:
-            for slot in range(cfg.workers):
+            for slot, worker in enumerate(workers):
                 if slot not in running and pending:
-                    title = pending.pop(0)
-                    job = {"library": str(library.path), "title_id": title.id, "cfg": asdict(cfg),
-                           "work": str(work), "slot": slot + 1}
-                    job_path = _job_path(work, title)
-                    _finish(work, title)
-                    write_json_atomic(job_path, job)
-                    if slot not in workers or workers[slot].poll() is not None:
-                        workers[slot] = subprocess.Popen(
-                            [sys.executable, "-m", "reelora.data.schedule", "--serve", str(threads), str(os.getpid())],
-                            stdin=subprocess.PIPE, text=True)
-                    try:
-                        workers[slot].stdin.write(f"{job_path}\n")
-                        workers[slot].stdin.flush()
-                    except BrokenPipeError:  # it died idle: the poll below finds it gone and blames no title
-                        pass
-                    running[slot] = (title, time.time())
+                    running[slot] = pending.pop(0)
+                    worker.start(job_for(library, running[slot], cfg, work, slot + 1))
             time.sleep(0.02)
-            for slot, (title, started) in list(running.items()):
-                child = workers[slot]
-                code = _read_done(_job_path(work, title))
-                if code is None:
-                    code = child.poll()
-                    if code is None:
-                        if cfg.stall_timeout and _idle_seconds(work, title, started) > cfg.stall_timeout:
-                            _stop(child)
-                            del workers[slot]
-                            quarantine(work, title, cfg, f"worker stalled: no progress for {cfg.stall_timeout:.0f}s "
-                                       "(decoder hang?)")
-                            _finish(work, title)
-                            del running[slot]
-                            bar.update()
-                        continue
-                    del workers[slot]  # it exited (crashed) while staging the title: a fresh one takes the next
-                if code in (NO_SPACE, CANNOT_WRITE):
-                    _finish(work, title)
+            for slot, title in list(running.items()):
+                code = workers[slot].poll(cfg.stall_timeout)
+                if code is not None:
                     del running[slot]
-                    raise _output_failure(work, title, code)
-                staged = StagedTitle.read(work, title.id)
-                status = staged.status if staged is not None else None
-                if code != 0 and status != "quarantined" or code == 0 and status is None:
-                    how = f"signal {-code}" if code < 0 else f"exit {code}"
-                    quarantine(work, title, cfg, f"worker crashed while processing the file ({how})")
-                _finish(work, title)
-                del running[slot]
-                bar.update()
-        for child in workers.values():  # no more titles: each worker exits at the end of its input
-            child.stdin.close()
-            child.wait()
-        workers.clear()
+                    settle(work, title, cfg, code)
+                    bar.update()
+        for worker in workers:  # no more titles: each worker exits at the end of its input
+            worker.close()
     finally:
-        for child in workers.values():
-            _stop(child)
+        for worker in workers:
+            worker.stop()
         bar.close()
+
+
+def job_for(library: mf.Library, title: mf.Title, cfg: BuildConfig, work: Path, slot: int) -> dict:
+    """What a staging worker needs to stage one title (written as its JOB.json)."""
+    return {"library": str(library.path), "title_id": title.id, "cfg": asdict(cfg), "work": str(work), "slot": slot}
+
+
+class StagingWorker:
+    """One `--serve` worker process, kept from title to title, and the title it is staging.
+
+    The local engine holds `--workers` of these; under `--engine ray` each Ray actor holds one
+    (ray_stage.py). Either way the worker dies with its holder.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.child: subprocess.Popen | None = None
+        self.job_path: Path | None = None
+        self.heartbeat: Path | None = None
+        self.started = 0.0
+
+    def start(self, job: dict) -> None:
+        """Hand the worker one title's job (a fresh worker is started if there is none or it died)."""
+        work = Path(job["work"])
+        self.job_path = _job_path(work, job["title_id"])
+        self.heartbeat = title_dir(work, job["title_id"]) / HEARTBEAT
+        _finish(self.job_path)
+        write_json_atomic(self.job_path, job)
+        if self.child is None or self.child.poll() is not None:
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "reelora.data.schedule", "--serve", str(self.threads), str(os.getpid())],
+                stdin=subprocess.PIPE, text=True)
+        try:
+            self.child.stdin.write(f"{self.job_path}\n")
+            self.child.stdin.flush()
+        except BrokenPipeError:  # it died idle: poll() finds it gone and blames no title
+            pass
+        self.started = time.time()
+
+    def poll(self, stall_timeout: float) -> int | None:
+        """None while the title is being staged; else its code: the worker's, its exit code, or STALLED."""
+        code = _read_done(self.job_path)
+        if code is None:
+            code = self.child.poll()
+            if code is None:
+                if stall_timeout and _idle_seconds(self.job_path, self.heartbeat, self.started) > stall_timeout:
+                    self.stop()
+                    return STALLED
+                return None
+            self.child = None  # it exited (crashed) while staging the title: a fresh one takes the next
+        return code
+
+    def close(self) -> None:
+        """No more titles: let the worker reach the end of its input and exit."""
+        if self.child is not None:
+            self.child.stdin.close()
+            self.child.wait()
+            self.child = None
+
+    def stop(self) -> None:
+        if self.child is not None:
+            _stop(self.child)
+            self.child = None
+
+
+def settle(work: Path, title: mf.Title, cfg: BuildConfig, code: int) -> None:
+    """Record how a title's staging ended (a worker's code, an exit code or STALLED): quarantine a crash
+    or a hang; raise when the worker could not write its output (our disk, not the title: the build stops)."""
+    _finish(_job_path(work, title.id))
+    if code == STALLED:
+        quarantine(work, title, cfg, f"worker stalled: no progress for {cfg.stall_timeout:.0f}s (decoder hang?)")
+        return
+    if code in (NO_SPACE, CANNOT_WRITE):
+        raise _output_failure(work, title, code)
+    staged = StagedTitle.read(work, title.id)
+    status = staged.status if staged is not None else None
+    if code != 0 and status != "quarantined" or code == 0 and status is None:
+        how = f"signal {-code}" if code < 0 else f"exit {code}"
+        quarantine(work, title, cfg, f"worker crashed while processing the file ({how})")
 
 
 def _done_path(job_path: Path) -> Path:
@@ -143,8 +185,7 @@ def _read_done(job_path: Path) -> int | None:
         return None
 
 
-def _finish(work: Path, title: mf.Title) -> None:
-    job_path = _job_path(work, title)
+def _finish(job_path: Path) -> None:
     for path in (job_path, _done_path(job_path), _taken_path(job_path)):
         path.unlink(missing_ok=True)
 
@@ -163,14 +204,14 @@ STARTUP_SECONDS = 120.0
 """How long a fresh worker may take to start (imports on a loaded machine) before its stall clock runs."""
 
 
-def _idle_seconds(work: Path, title: mf.Title, started: float) -> float:
-    """Seconds since the title's worker last showed progress (its heartbeat, or taking the job)."""
+def _idle_seconds(job_path: Path, heartbeat: Path, started: float) -> float:
+    """Seconds since the worker of the job at `job_path` last showed progress (its heartbeat, or taking the job)."""
     try:
-        last = (title_dir(work, title.id) / HEARTBEAT).stat().st_mtime
+        last = heartbeat.stat().st_mtime
     except OSError:
         last = 0.0
     try:
-        last = max(last, _taken_path(_job_path(work, title)).stat().st_mtime)
+        last = max(last, _taken_path(job_path).stat().st_mtime)
     except OSError:  # not taken yet: a fresh worker is still importing
         started += STARTUP_SECONDS
     return time.time() - max(last, started)
