@@ -54,21 +54,21 @@ class SigningKey:
     """c2pa signing algorithm, from the key: es256/es384/es512, ps256, ed25519."""
     subject: str
     """The signing certificate's subject, for logs and provenance."""
-    trusted: bool
-    """False for the generated development certificate (no trust list knows it)."""
+    development: bool
+    """True for the generated development certificate (no trust list knows it)."""
     source: str
     """Where the pair came from: the files given, or the development cache."""
 
     def describe(self) -> dict:
         """What the provenance records about the signer (never the key)."""
-        out = {"standard": "C2PA", "signer": self.subject, "alg": self.alg, "trusted_signer": self.trusted,
-               "certificate": self.source}
-        if not self.trusted:
+        out = {"standard": "C2PA", "signer": self.subject, "alg": self.alg, "certificate": self.source,
+               "development_certificate": self.development}
+        if self.development:
             out["note"] = DEV_NOTE
         return out
 
 
-def load_signing_key(cert: str | Path, key: str | Path, *, trusted: bool = True) -> SigningKey:
+def load_signing_key(cert: str | Path, key: str | Path, *, development: bool = False) -> SigningKey:
     """Read a PEM certificate chain and private key given by the user, checking they belong together.
 
     Raises:
@@ -108,7 +108,7 @@ def load_signing_key(cert: str | Path, key: str | Path, *, trusted: bool = True)
             private.public_key().public_bytes(serialization.Encoding.DER, pub):
         raise CredentialsError(f"signing key {key} is not the key of the first certificate in {cert}")
     return SigningKey(cert_chain=chain_pem, private_key=key_pem, alg=alg, subject=chain[0].subject.rfc4514_string(),
-                      trusted=trusted, source=str(cert))
+                      development=development, source=str(cert))
 
 
 def dev_cert_dir() -> Path:
@@ -122,7 +122,7 @@ def development_key(folder: str | Path | None = None) -> SigningKey:
     cert, key = folder / "dev-chain.pem", folder / "dev-key.pem"
     if not (cert.is_file() and key.is_file()):
         _write_dev_pair(folder, cert, key)
-    loaded = load_signing_key(cert, key, trusted=False)
+    loaded = load_signing_key(cert, key, development=True)
     return SigningKey(**{**loaded.__dict__, "source": f"development certificate {cert}"})
 
 
