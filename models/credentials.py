@@ -194,8 +194,9 @@ def _write_dev_pair(folder: Path, cert_path: Path, key_path: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".c2pa-", dir=folder.parent))  # mode 0700: the key stays private
     try:
-        (tmp / key_path.name).write_bytes(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                                 serialization.NoEncryption()))
+        fd = os.open(tmp / key_path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private to the user
+        with os.fdopen(fd, "wb") as f:
+            f.write(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         (tmp / cert_path.name).write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
         try:
             os.rename(tmp, folder)
