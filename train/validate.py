@@ -120,7 +120,9 @@ class Validator:
                         if sharded(self.cfg, acc) and not acc.is_main_process:
                             continue  # every rank rendered it (the sharded forward is collective); the main process writes
                         path = folder / f"prompt-{i:02d}.mp4"
-                        media.write_mp4(path, frames, req.fps, provenance={"prompt": req.prompt, "seed": req.seed, "step": step})
+                        # signed like every sampled clip (C2PA, models/credentials.py); the adapter is mid-training
+                        media.write_mp4(path, frames, req.fps, provenance={"prompt": req.prompt, "seed": req.seed, "step": step,
+                                                                          "base_model": {"id": self.cfg.model}})
                         mine.append(str(path))
             finally:
                 if offload:
