@@ -123,3 +123,11 @@ def test_bad_signing_input_is_refused_before_the_model_loads(cache, tmp_path, st
     assert credentials.resolve_signing_key().source == str(cert)
     with pytest.raises(CredentialsError, match="got only the key"):
         credentials.resolve_signing_key(key=key)
+
+
+def test_validation_config_takes_a_signing_pair_or_none():
+    from reelora.train.config import ConfigError, ValidationConfig
+
+    assert ValidationConfig(sign_cert="chain.pem", sign_key="key.pem").sign_key == "key.pem"
+    with pytest.raises(ConfigError, match="validation.sign_cert"):
+        ValidationConfig(sign_cert="chain.pem")
