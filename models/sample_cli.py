@@ -37,9 +37,9 @@ adapters:
   Keys, shapes and values (NaN/inf) are checked against the backbone before sampling.
 
 exit status:
-  0 clips written; 2 bad input (flags, prompts, adapters, --out), refused before the model loads where
-  possible; 1 a clip came out NaN/inf (the adapters and the denoising step are named, nothing is written
-  for it) or a write failed.
+  0 clips written; 2 bad input (flags, prompts, adapters, signing certificate/key, --out), refused before
+  the model loads where possible; 1 a clip came out NaN/inf (the adapters and the denoising step are
+  named, nothing is written for it) or a write failed.
 
 examples:
   reelora sample --model tiny-wan --prompt "a red fox in the snow" --steps 2 --out samples
