@@ -2,7 +2,8 @@
 
 Without `reproducible_math` this failed: a process given another thread budget (here 3 intra-op threads,
 as a launcher's OMP_NUM_THREADS or a CPU set does) split GELU's elementwise work differently, a few pixels
-moved by one level and x264 spread that over its B-frames (decoded frames 1 and 8 differed by up to 5/255).
+moved by one level and x264 spread that further (measured with `--no-deterministic`: decoded frame 6 differed
+by 2/255 here; with the prompt "a red fox", frames 1 and 8 by up to 5/255).
 """
 from __future__ import annotations
 
