@@ -11,7 +11,8 @@ The notebook API mirrors `reelora sample`:
     sampler.save(clip, "samples")                           # samples/<name>.mp4 + <name>.json
 
 Each clip is the diffusers pipeline of the model's spec, run with a CPU `torch.Generator` seeded from
-the request, so the same model, adapters, prompt, seed and settings give identical frames.
+the request, so the same model, adapters, prompt, seed and settings give identical frames: bit for bit in
+any process on the same machine, because the sampler's math runs in `reproducible_math` (see there why).
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -155,6 +157,39 @@ def render(pipe: Any, req: ClipRequest, max_text_len: int, text: dict[str, torch
     return media.to_uint8(frames)
 
 
+@contextmanager
+def reproducible_math(enabled: bool = True) -> Iterator[None]:
+    """Run torch with one intra-op thread, oneDNN off and deterministic algorithms; restore all on exit.
+
+    Why: ATen splits an elementwise op over its threads, and each thread's chunk ends in a scalar tail
+    whose math differs from the vectorised body in the last bit (GELU's tanh form, in every Wan/LTX
+    feed-forward, measured: 3 threads differ from 1, 2 and 4). So frames depend on the thread count, which
+    torch takes from the CPUs a process may use (affinity, cgroup cpusets) and OMP_NUM_THREADS, and the
+    repo's demo picks by machine load: the same command could give other frames in another process. One
+    thread fixes the split; it costs little where sampling on a CPU happens (tiny models: on a shared 2-core
+    box under load, a 9x64x64 tiny-wan clip took 3 s with one thread, 23 s with two). oneDNN is off because its convolutions (the VAE's) were seen to differ between
+    processes (tests/train/conftest.py). On CUDA, deterministic algorithms and no cuDNN autotuning.
+    """
+    if not enabled:
+        yield
+        return
+    saved = (torch.get_num_threads(), torch.backends.mkldnn.enabled, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS initialises (CUDA determinism)
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        threads, mkldnn, det, warn_only, bench = saved
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = mkldnn
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = bench
+
+
 def check_out_dir(out: str | Path, flag: str = "out") -> Path:
     """Refuse an output folder that is a file or cannot be created, before any model loads (creates nothing).
 
@@ -208,14 +243,22 @@ class Sampler:
         vae_slicing: diffusers `vae.enable_slicing()` (decode a batch one sample at a time).
         progress: show tqdm bars over clips and denoising steps.
         model_seed: seed that builds a built-in tiny backbone (must match the one the adapter trained on).
+        deterministic: the same frames, bit for bit, in any process on this machine (`reproducible_math`:
+            one torch thread, oneDNN off, deterministic algorithms) while loading and sampling; False uses
+            every thread (faster on an idle many-core CPU; frames may differ in the last bits between processes).
+        sign_cert, sign_key: PEM certificate chain and private key that sign each clip's C2PA manifest;
+            default REELORA_SIGN_CERT/REELORA_SIGN_KEY, else a local development certificate (untrusted).
 
     Raises:
         AdapterError: an adapter that is not safetensors, has NaN/inf, or does not fit the backbone.
+        CredentialsError: a signing certificate/key that cannot be used.
     """
 
     def __init__(self, model: str, loras: str | Path | Iterable[str | Path | tuple[str, float]] = (), *, fuse: bool = False,
                  device: str | None = None, dtype: str | torch.dtype | None = None, cpu_offload: bool = False,
-                 vae_tiling: bool = False, vae_slicing: bool = False, progress: bool = True, model_seed: int = 0):
+                 vae_tiling: bool = False, vae_slicing: bool = False, progress: bool = True, model_seed: int = 0,
+                 deterministic: bool = True, sign_cert: str | Path | None = None, sign_key: str | Path | None = None):
+        from reelora.models.credentials import resolve_signing_key
         from reelora.models.registry import load_model, resolve, sample_defaults
 
         self.model = model
@@ -228,20 +271,23 @@ class Sampler:
             loras = [loras]
         # Adapters are read and checked for format/NaN before the (possibly large) backbone loads.
         self.adapters = [adapter_io.read_adapter(p, s, spec.family) for p, s in (_lora_pair(x) for x in loras)]
+        self.signing = resolve_signing_key(sign_cert, sign_key)  # a bad certificate fails before the model loads
 
         offload = cpu_offload and self.device.type != "cpu"
         if cpu_offload and not offload:
             log.warning("cpu_offload ignored: the model already runs on the CPU")
-        self.spec, self.comps = load_model(model, dtype=self.dtype, device="cpu" if offload else self.device,
-                                           seed=model_seed)
-        self.pipe = self.spec.pipeline(self.comps)
-        self.warnings = [w for a in self.adapters for w in _lineage_mismatch(a, model, self.comps.revision)]
-        for w in self.warnings:
-            log.warning(w)
-        self.adapter_names = adapter_io.attach(self.pipe, self.adapters, model_name=model)
-        self.fused = bool(fuse and self.adapter_names)
-        if self.fused:
-            adapter_io.fuse(self.pipe, self.adapter_names)
+        self.deterministic = deterministic
+        with reproducible_math(deterministic):  # building a tiny backbone and fusing are math too
+            self.spec, self.comps = load_model(model, dtype=self.dtype, device="cpu" if offload else self.device,
+                                               seed=model_seed)
+            self.pipe = self.spec.pipeline(self.comps)
+            self.warnings = [w for a in self.adapters for w in _lineage_mismatch(a, model, self.comps.revision)]
+            for w in self.warnings:
+                log.warning(w)
+            self.adapter_names = adapter_io.attach(self.pipe, self.adapters, model_name=model)
+            self.fused = bool(fuse and self.adapter_names)
+            if self.fused:
+                adapter_io.fuse(self.pipe, self.adapter_names)
         self.memory = {"cpu_offload": offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing}
         if offload:
             self.pipe.enable_model_cpu_offload(device=self.device)
@@ -269,7 +315,8 @@ class Sampler:
         req = self.resolve(request, **overrides)
         started = time.time()
         try:
-            frames = render(self.pipe, req, self.comps.extra["max_text_len"])
+            with reproducible_math(self.deterministic):
+                frames = render(self.pipe, req, self.comps.extra["max_text_len"])
         except SampleError as exc:
             used = ", ".join(f"{a.path} (scale {a.scale:g})" for a in self.adapters) or "no adapters"
             raise SampleError(
@@ -279,12 +326,12 @@ class Sampler:
         return Clip(frames=frames, request=req, provenance=self.provenance(req, started))
 
     def save(self, clip: Clip, out_dir: str | Path, name: str | None = None) -> SampleResult:
-        """Write `<out_dir>/<name>.mp4` (H.264, provenance in its tags) and `<name>.json` beside it."""
+        """Write `<out_dir>/<name>.mp4` (H.264, provenance in its tags and its signed C2PA manifest) and `<name>.json`."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         name = name or clip.request.name or _slug_name(0, clip.request.prompt)
         prov = {**clip.provenance, "name": name, "file": f"{name}.mp4"}
-        mp4 = media.write_mp4(out / f"{name}.mp4", clip.frames, clip.request.fps, provenance=prov)
+        mp4 = media.write_mp4(out / f"{name}.mp4", clip.frames, clip.request.fps, provenance=prov, sign=self.signing)
         sidecar = out / f"{name}.json"
         write_text_atomic(sidecar, json.dumps(prov, indent=2, sort_keys=True) + "\n")
         return SampleResult(name=name, mp4=mp4, sidecar=sidecar, provenance=prov)
@@ -331,8 +378,10 @@ class Sampler:
                            "pipeline": type(self.pipe).__name__},
             "adapters": [a.provenance() for a in self.adapters],
             "fused": self.fused,
+            "deterministic": self.deterministic,
             "warnings": self.warnings,
             "memory": self.memory,
+            "content_credentials": self.signing.describe(),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "reelora_version": __version__,
@@ -353,7 +402,8 @@ def sample_clips(model: str, prompts: str | Sequence[str | dict | ClipRequest] |
         prompts_file: plain text (one prompt per line) or JSONL (see `read_prompts`), instead of `prompts`.
         seed, settings: the defaults for every prompt (a file line or dict may override them); SampleSettings
             fields may also be given as keywords (`steps=2`).
-        kwargs: other keywords go to `Sampler` (device, dtype, cpu_offload, vae_tiling, vae_slicing, progress).
+        kwargs: other keywords go to `Sampler` (device, dtype, cpu_offload, vae_tiling, vae_slicing, progress,
+            deterministic, sign_cert, sign_key).
     """
     if (prompts is None) == (prompts_file is None):
         raise ValueError("give exactly one of prompts or prompts_file")
@@ -474,4 +524,4 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-__all__ = ["Sampler", "SampleError", "check_out_dir", "ClipRequest", "SampleSettings", "resolve_request", "encode_request", "render", "Clip", "SampleResult", "sample_clips", "read_prompts", "build_requests"]
+__all__ = ["Sampler", "SampleError", "reproducible_math", "check_out_dir", "ClipRequest", "SampleSettings", "resolve_request", "encode_request", "render", "Clip", "SampleResult", "sample_clips", "read_prompts", "build_requests"]

@@ -12,6 +12,8 @@ from reelora.models.settings import SampleSettings, bound_error
 EPILOG_TEMPLATE = """\
 outputs (in --out DIR):
   <name>.mp4          H.264 clip; the provenance JSON is also in its metadata (tag reelora_provenance)
+                      and in its signed C2PA manifest (action c2pa.created, digitalSourceType
+                      trainedAlgorithmicMedia, assertion org.reelora.provenance)
   <name>.json         provenance: prompt, negative prompt, seed, steps, guidance, size, frames, fps,
                       scheduler, base model, each adapter's path/scale/sha256/format and its own
                       lineage metadata, reelora version, time
@@ -35,9 +37,9 @@ adapters:
   Keys, shapes and values (NaN/inf) are checked against the backbone before sampling.
 
 exit status:
-  0 clips written; 2 bad input (flags, prompts, adapters, --out), refused before the model loads where
-  possible; 1 a clip came out NaN/inf (the adapters and the denoising step are named, nothing is written
-  for it) or a write failed.
+  0 clips written; 2 bad input (flags, prompts, adapters, signing certificate/key, --out), refused before
+  the model loads where possible; 1 a clip came out NaN/inf (the adapters and the denoising step are
+  named, nothing is written for it) or a write failed.
 
 examples:
   reelora sample --model tiny-wan --prompt "a red fox in the snow" --steps 2 --out samples
@@ -119,8 +121,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "enable_model_cpu_offload; for backbones that do not fit; ignored on CPU)")
     dev.add_argument("--vae-tiling", action="store_true", help="decode frames tile by tile (diffusers vae.enable_tiling) to cut peak memory at large sizes")
     dev.add_argument("--vae-slicing", action="store_true", help="decode batch items one at a time (diffusers vae.enable_slicing)")
+    dev.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                     help="the same frames, bit for bit, in any process on this machine: one torch thread, oneDNN "
+                     "off, deterministic algorithms (default; costs little for tiny models: on a busy 2-core box one thread "
+                     "was faster than two). "
+                     "--no-deterministic uses every thread: faster on an idle many-core CPU, last bits may differ")
     dev.add_argument("--model-seed", type=int, default=0, metavar="N",
                      help="seed that builds a built-in tiny-* backbone (must match the one the adapter was trained on; default 0)")
+    cred = p.add_argument_group("content credentials (C2PA)")
+    cred.add_argument("--sign-cert", metavar="PEM",
+                      help="certificate chain (signer first, then its issuers) that signs each clip's C2PA manifest "
+                      "(default: $REELORA_SIGN_CERT, else a local development certificate that no trust list knows)")
+    cred.add_argument("--sign-key", metavar="PEM", help="the signing certificate's private key (default: $REELORA_SIGN_KEY)")
     p.add_argument("--no-contact-sheet", action="store_true", help="skip writing contact_sheet.png")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
@@ -138,7 +150,8 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed, settings=settings, fuse=args.fuse,
             contact_sheet=not args.no_contact_sheet, device=args.device, dtype=args.dtype,
             cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
-            progress=not args.quiet, model_seed=args.model_seed,
+            progress=not args.quiet, model_seed=args.model_seed, deterministic=args.deterministic,
+            sign_cert=args.sign_cert, sign_key=args.sign_key,
         )
     except (AdapterError, ValueError, FileNotFoundError) as exc:
         print(f"reelora sample: error: {exc}", file=sys.stderr)

@@ -227,8 +227,15 @@ class ValidationConfig:
     sample: SampleSettings = field(default_factory=SampleSettings)
     """How validation samples are drawn: the same settings as `reelora sample` (models/settings.py), unset
     ones taking the model family's defaults."""
+    sign_cert: str | None = None
+    """PEM certificate chain signing the samples' C2PA manifests (as `reelora sample --sign-cert`); null takes
+    $REELORA_SIGN_CERT, else a local development certificate that no trust list knows."""
+    sign_key: str | None = None
+    """The signing certificate's PEM private key (with `sign_cert`)."""
 
     def __post_init__(self):
+        _check((self.sign_cert is None) == (self.sign_key is None), "validation.sign_cert",
+               "give both validation.sign_cert and validation.sign_key, or neither")
         _check(self.every >= 0, "validation.every", f"must be >= 0, got {self.every}")
         _check(self.num_clips >= 1, "validation.num_clips", f"must be >= 1, got {self.num_clips}")
         _check(len(self.quantiles) > 0 and all(0 < q < 1 for q in self.quantiles), "validation.quantiles", f"must be numbers in (0, 1), got {self.quantiles}")

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
+from reelora.models.credentials import CredentialsError, resolve_signing_key
 from reelora.models.spec import Components
 from reelora.data.shards import decode_frames
 from reelora.train.batches import mix_seed
+from reelora.train.config import ConfigError
 from reelora.train.parallel import sharded
 from reelora.train.step import sigma_quantile
 
@@ -33,6 +35,13 @@ class Validator:
         self.out = Path(output_dir)
         self._vae = None  # training from a cache: the sampling VAE, on the CPU between validations
         self.prompt_text = self._encode_prompts()
+        # Checked now, before training: a certificate that cannot sign fails the run at setup, not at step N.
+        v, self.signing = cfg.validation, None
+        if v.prompts:
+            try:
+                self.signing = resolve_signing_key(v.sign_cert, v.sign_key)
+            except CredentialsError as exc:
+                raise ConfigError(f"config key 'validation.sign_cert': {exc}") from None
 
     def due(self, step: int) -> bool:
         every = self.cfg.validation.every
@@ -120,7 +129,10 @@ class Validator:
                         if sharded(self.cfg, acc) and not acc.is_main_process:
                             continue  # every rank rendered it (the sharded forward is collective); the main process writes
                         path = folder / f"prompt-{i:02d}.mp4"
-                        media.write_mp4(path, frames, req.fps, provenance={"prompt": req.prompt, "seed": req.seed, "step": step})
+                        # signed like every sampled clip (C2PA, models/credentials.py); the adapter is mid-training
+                        media.write_mp4(path, frames, req.fps, provenance={"prompt": req.prompt, "seed": req.seed, "step": step,
+                                                                          "base_model": {"id": self.cfg.model}},
+                                        sign=self.signing)
                         mine.append(str(path))
             finally:
                 if offload:

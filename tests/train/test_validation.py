@@ -31,6 +31,11 @@ def test_validation_loss_and_samples(tmp_path, shards, cache):
         with av.open(str(paths[0])) as c:
             frames = list(c.decode(video=0))
         assert len(frames) == 5 and frames[0].width == 32
+    from reelora.models.credentials import read_manifest
+
+    manifest, state, _ = read_manifest(paths[0])  # validation samples carry content credentials too
+    (action,) = next(a["data"]["actions"] for a in manifest["assertions"] if a["label"] == "c2pa.actions.v2")
+    assert state == "Valid" and action["action"] == "c2pa.created" and action["parameters"]["base_model"]["id"] == "tiny-wan"
 
 
 def test_a_nan_validation_sample_is_reported_and_not_written(tmp_path, shards, cache, monkeypatch, capsys):
