@@ -72,6 +72,7 @@ def real(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # real footage
 def test_real_hard_cut_found_within_one_grid_frame(real):
     staged = _stage(real, "cut.mp4", num_frames=4)
     assert staged.status == "done", staged.reason
@@ -83,6 +84,7 @@ def test_real_hard_cut_found_within_one_grid_frame(real):
     _assert_no_clip_straddles(staged, 2.52, 2.52)
 
 
+@pytest.mark.slow  # real footage
 def test_real_cross_fade_is_a_transition_no_clip_straddles(real):
     staged = _stage(real, "fade.mp4", num_frames=4)
     assert staged.status == "done", staged.reason
@@ -95,6 +97,7 @@ def test_real_cross_fade_is_a_transition_no_clip_straddles(real):
     assert len(staged.clips) >= 4  # both shots still give clips
 
 
+@pytest.mark.slow  # real footage
 def test_real_single_shot_has_no_cut(real):
     staged = _stage(real, "bunny.mp4", num_frames=4)
     assert staged.status == "done", staged.reason
