@@ -17,6 +17,15 @@ def test_good_clips_are_all_written(built):
     assert [s["num_samples"] for s in index["shards"]] == [5, 5, 5]  # --shard-max-clips 5
 
 
+def test_default_detector_finds_the_cuts(built):
+    # good.mp4 cuts at 2.0 s, on a clip boundary: the clip counts above hold with or without the cut,
+    # so check the shots themselves (TransNetV2, the default detector: --scene-detector transnetv2)
+    audit = read_audit(built)["titles"]
+    scenes = {t: e["scenes"] for t, e in audit.items() if e["status"] in ("used", "no clips")}
+    assert scenes == {"good": 2, "tenbit": 1, "rot": 1, "vfr": 1, "consent": 1, "exclude": 1, "good-copy": 2,
+                      "good-small": 2, "black": 2, "static": 1}
+
+
 def test_rights_excluded_titles_contribute_nothing(built):
     audit = read_audit(built)
     by = clips_by_title(built)

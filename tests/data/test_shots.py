@@ -21,6 +21,7 @@ GRID_FPS = 8
 
 def _stage(tmp_path, name: str, **overrides):
     title = load_library(write_library(tmp_path, [{"id": "t", "path": name}])).title("t")
+    overrides.setdefault("scene_detector", "transnetv2")  # tiny_config's is the fallback
     return stage_title(title, tiny_config(**overrides), "tst", tmp_path / "work")
 
 
