@@ -164,7 +164,8 @@ class TransNetV2Cuts:
 
     def add(self, k: int, rgb: np.ndarray) -> None:
         if k != self._count:
-            raise ValueError(f"TransNetV2Cuts: grid frame {k} given after {self._count - 1} (frames must come in order)")
+            raise ValueError(f"TransNetV2Cuts: grid frame {k} given after {self._count - 1} "
+                             "(frames must come in order)")
         small = self._resize(rgb)
         if not self._buffer:
             self._buffer = [small] * TRANSNET_CONTEXT
@@ -351,8 +352,8 @@ def rounded(scores: dict, digits: int = 4) -> dict:
     return {k: None if v is None else round(v, digits) for k, v in scores.items()}
 
 
-def quality_problem(scores: dict, black_level: float, black_fraction: float, static_level: float, max_motion: float = 0.0,
-                    min_sharpness: float = 0.0, max_clipped: float = 1.0) -> str | None:
+def quality_problem(scores: dict, black_level: float, black_fraction: float, static_level: float,
+                    max_motion: float = 0.0, min_sharpness: float = 0.0, max_clipped: float = 1.0) -> str | None:
     """Why a clip with these `quality_scores` is not worth training on, or None.
 
     Black: more than `black_fraction` of the frames have mean luma below `black_level` (the level the

@@ -263,7 +263,8 @@ def read_source_frames(path: str | Path, first: int, count: int, width: int, hei
             if i >= first + count:
                 break
             if i >= first:
-                frames.append(cv2.resize(frame.to_ndarray(format="rgb24"), (width, height), interpolation=cv2.INTER_AREA))
+                rgb = frame.to_ndarray(format="rgb24")
+                frames.append(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA))
     if len(frames) < count:
         raise ValueError(f"{path}: wanted frames {first}..{first + count - 1}, it has {first + len(frames)}")
     return frames

@@ -148,7 +148,8 @@ def test_quality_thresholds_reject_with_scores_in_the_audit(tmp_path):
 def test_detector_and_threshold_settings_are_checked():
     from reelora.data.config import BuildConfig
 
-    for bad, key in [({"scene_detector": "shotdetect"}, "scene_detector"), ({"transition_threshold": 1.0}, "transition_threshold"),
+    for bad, key in [({"scene_detector": "shotdetect"}, "scene_detector"),
+                     ({"transition_threshold": 1.0}, "transition_threshold"),
                      ({"max_clipped": 1.5}, "max_clipped"), ({"min_sharpness": -1.0}, "min_sharpness")]:
         with pytest.raises(ValueError, match=f"build setting {key}="):
             BuildConfig(**bad)
