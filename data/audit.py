@@ -1,5 +1,9 @@
 """The audit of a shard build: what went in and what was left out, per title, with the reasons.
 
+Every window left out is listed (`excluded`) with its reason; a clip dropped by a quality filter also
+carries its scores (motion, sharpness, luma, clipped, black: clips.quality_scores), like Cosmos-Curate's
+`filtered_windows`, so a threshold can be judged against what it removed.
+
 Written next to the shards by `assemble` and rewritten by `takedown`::
 
     OUT/audit.json, audit.md   # per title: clips and seconds used, every exclusion and quarantine
@@ -85,7 +89,7 @@ def render_audit_md(audit: dict) -> str:
     lines += ["", "## Excluded material", ""]
     for tid, e in audit["titles"].items():
         for r in e.get("excluded", []):
-            lines.append(f"- `{tid}` {r['start_s']:.2f}–{r['end_s']:.2f} s: {_md(r['reason'])}")
+            lines.append(f"- `{tid}` {r['start_s']:.2f}–{r['end_s']:.2f} s: {_md(r['reason'])}{_md(scores_note(r))}")
     if audit["quarantine"]:
         lines += ["", "## Quarantined files", ""]
         lines += [f"- `{q['title_id']}` `{q['path']}`: {_md(q['reason'])}" for q in audit["quarantine"]]
@@ -157,7 +161,8 @@ def render_audit_html(audit: dict, thumbs: dict) -> str:
                          f"{meta['end_s']:.2f} s: {e(meta['caption'])}</figcaption></figure>")
         if entry.get("excluded"):
             parts.append("<ul class='excluded'>" + "".join(
-                f"<li>{r['start_s']:.2f}–{r['end_s']:.2f} s: {e(r['reason'])}</li>" for r in entry["excluded"]) + "</ul>")
+                f"<li>{r['start_s']:.2f}–{r['end_s']:.2f} s: {e(r['reason'])}{e(scores_note(r))}</li>"
+                for r in entry["excluded"]) + "</ul>")
     if audit["quarantine"]:
         parts.append("<h2>Quarantined files</h2><ul>" + "".join(
             f"<li><code>{e(q['title_id'])}</code> <code>{e(q['path'])}</code>: {e(q['reason'])}</li>"
@@ -167,6 +172,15 @@ def render_audit_html(audit: dict, thumbs: dict) -> str:
             f"<li><code>{e(d['title_id'])}</code> on {e(d['date'])}: {d['clips_removed']} clips removed "
             f"{e(d.get('reason') or '')}</li>" for d in audit["takedowns"]) + "</ul>")
     return "\n".join(parts) + "\n"
+
+
+def scores_note(rejected: dict) -> str:
+    """' (motion 0.12, sharpness 40.1, ...)' for a rejected window that was scored (clips.quality_scores), else ''."""
+    scores = rejected.get("scores")
+    if not isinstance(scores, dict) or not scores:
+        return ""
+    return " (" + ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                            for k, v in scores.items()) + ")"
 
 
 def _md(text: str) -> str:

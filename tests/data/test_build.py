@@ -17,6 +17,15 @@ def test_good_clips_are_all_written(built):
     assert [s["num_samples"] for s in index["shards"]] == [5, 5, 5]  # --shard-max-clips 5
 
 
+def test_default_detector_finds_the_cuts(built):
+    # good.mp4 cuts at 2.0 s, on a clip boundary: the clip counts above hold with or without the cut,
+    # so check the shots themselves (TransNetV2, the default detector: --scene-detector transnetv2)
+    audit = read_audit(built)["titles"]
+    scenes = {t: e["scenes"] for t, e in audit.items() if e["status"] in ("used", "no clips")}
+    assert scenes == {"good": 2, "tenbit": 1, "rot": 1, "vfr": 1, "consent": 1, "exclude": 1, "good-copy": 2,
+                      "good-small": 2, "black": 2, "static": 1}
+
+
 def test_rights_excluded_titles_contribute_nothing(built):
     audit = read_audit(built)
     by = clips_by_title(built)
@@ -33,7 +42,7 @@ def test_strict_fails_but_still_writes(tmp_path):
     lib = write_library(tmp_path, [{"id": "good", "path": "good.mp4"}, {"id": "zero", "path": "zero.mp4"}])
     out = tmp_path / "out"
     args = ["shards", "build", str(lib), "--out", str(out), "--num-frames", "8", "--fps", "8",
-            "--height", "32", "--width", "48", "--preset", "ultrafast"]
+            "--height", "32", "--width", "48", "--preset", "ultrafast", "--scene-detector", "pyscenedetect"]  # shots don't matter here; TransNetV2 costs ~3 s CPU a title
     assert reelora_main([*args, "--strict"]) == 1
     assert read_index(out)["num_samples"] == 2  # the good clips are written all the same
     assert reelora_main(args) == 0
@@ -48,7 +57,7 @@ def test_rebuild_out_of_space_leaves_the_old_set(tmp_path, monkeypatch, capsys):
     lib = write_library(tmp_path, [{"id": "good", "path": "good.mp4"}])
     out = tmp_path / "out"
     args = ["shards", "build", str(lib), "--out", str(out), "--num-frames", "8", "--fps", "8", "--height", "32",
-            "--width", "48", "--preset", "ultrafast", "--as-of", "2026-01-01"]
+            "--width", "48", "--preset", "ultrafast", "--as-of", "2026-01-01", "--scene-detector", "pyscenedetect"]  # shots don't matter here; TransNetV2 costs ~3 s CPU a title
     assert reelora_main([*args, "--shard-max-clips", "3"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert [s["num_samples"] for s in read_index(out)["shards"]] == [3]

@@ -69,7 +69,7 @@ def test_a_worker_out_of_space_fails_the_build_and_blames_no_title(tmp_path, sab
     lib = write_library(tmp_path, [{"id": "good", "path": "good.mp4"}, {"id": "nospace", "path": "nospace.mp4"}])
     out = tmp_path / "out"
     args = ["shards", "build", str(lib), "--out", str(out), "--num-frames", "8", "--fps", "8", "--height", "32",
-            "--width", "48", "--preset", "ultrafast", "--workers", "1"]
+            "--width", "48", "--preset", "ultrafast", "--workers", "1", "--scene-detector", "pyscenedetect"]  # shots don't matter here; TransNetV2 costs ~3 s CPU a title
     assert reelora_main(args) == 2
     err = capsys.readouterr().err
     assert "no space left on device while staging title 'nospace'" in err and "not quarantined" in err
@@ -90,7 +90,8 @@ def test_killing_the_build_leaves_no_worker_running(tmp_path, sabotage):
     lib = write_library(tmp_path, [{"id": "hang1", "path": "hang1.mp4"}, {"id": "hang2", "path": "hang2.mp4"}])
     out = tmp_path / "out"
     build = subprocess.Popen([sys.executable, "-m", "reelora", "shards", "build", str(lib), "--out", str(out),
-                              "--num-frames", "8", "--fps", "8", "--height", "32", "--width", "48", "--workers", "2"],
+                              "--num-frames", "8", "--fps", "8", "--height", "32", "--width", "48", "--workers", "2",
+                              "--scene-detector", "pyscenedetect"],  # shots don't matter here; TransNetV2 costs ~3 s CPU a title
                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60

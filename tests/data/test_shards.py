@@ -111,7 +111,9 @@ def test_shards_that_disagree_with_the_index_are_named(built, tmp_path):
     with pytest.raises(ShardError, match=rf"{name} holds sample '{samples[1]['__key__']}' where index.json lists "
                                          rf"'{samples[0]['__key__']}'"):
         ShardSet(copy)
-    write_shard(copy / name, [*samples[:4], {**samples[4], "jpg": b"x"}])  # same keys, other bytes
+    # same keys, other bytes, 10 KiB more: tar pads to 10240-byte records, so a smaller change (the old
+    # b"x" for the jpg) kept the size whenever the shard's last record had room (a coincidence of clip sizes)
+    write_shard(copy / name, [*samples[:4], {**samples[4], "jpg": samples[4]["jpg"] + b"\0" * 10240}])
     with pytest.raises(ShardError, match=rf"{name} is \d+ bytes but index.json says"):
         ShardSet(copy)
 
