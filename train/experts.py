@@ -1,11 +1,11 @@
-"""Two-expert backbones (Wan2.2-T2V-A14B) in training: which expert each micro-step trains, and on which noise range.
+"""Two-expert backbones (Wan2.2-T2V-A14B) in training: which expert each optimizer step trains, and on which noise range.
 
 WanPipeline runs `transformer` (the high-noise expert) while the scheduler's timestep t >= boundary_ratio x 1000,
 and `transformer_2` below; training's timestep is sigma x 1000, so an expert's range is sigma >= boundary (high)
 or sigma < boundary (low). `lora.experts` picks the experts that get a LoRA (train/config.py). With both, each
-micro-step trains one of them, drawn from a generator that does not depend on the rank (every DDP process
+optimizer step trains one of them, drawn from a generator that does not depend on the rank (every DDP process
 trains the same expert in a step), with the odds the timestep distribution gives each range; the sigmas of the
-micro-batch are then drawn from that distribution cut to the expert's range (by inverse CDF: exact, one draw
+step's micro-batches are then drawn from that distribution cut to the expert's range (by inverse CDF: exact, one draw
 each). One-transformer families take none of this: their sigmas come from train/step.py's `sample_sigmas` as before.
 """
 from __future__ import annotations
@@ -83,14 +83,18 @@ def ddp_kwargs(cfg) -> list:
     return [DistributedDataParallelKwargs(find_unused_parameters=True)]
 
 
-def sigma_range(spec, comps, cfg, step: int, micro: int) -> tuple[float, float] | None:
-    """The sigma range [lo, hi) this micro-step trains, or None for a one-transformer family."""
+def sigma_range(spec, comps, cfg, step: int) -> tuple[float, float] | None:
+    """The sigma range [lo, hi) optimizer step `step` trains, or None for a one-transformer family.
+
+    One expert per optimizer step, all its micro-batches included: under DDP with gradient accumulation an expert
+    used in an early micro-batch but not in the last (synchronising) one would keep its local gradients unreduced.
+    """
     experts = trained(spec, cfg)
     if not experts:
         return None
     b = spec.boundary(comps)
     if len(experts) == 2:
-        g = torch.Generator().manual_seed(mix_seed(cfg.train.seed, step, micro, "expert"))  # rank-independent
+        g = torch.Generator().manual_seed(mix_seed(cfg.train.seed, step, "expert"))  # rank-independent
         expert = "transformer" if torch.rand(1, generator=g).item() >= cdf(b, cfg.train) else "transformer_2"
     else:
         expert = experts[0]

@@ -94,8 +94,8 @@ def micro_loss(ctx: StepContext, batch: dict, step: int, micro: int) -> torch.Te
     # LoRA dropout draws from the global RNG: reseed it per micro-step too, so resume stays exact.
     torch.manual_seed(mix_seed(ctx.cfg.train.seed, step, ctx.accelerator.process_index, micro, "global"))
     latents, text = prepare_inputs(ctx, batch, g)
-    # Two-expert backbones: this micro-step's expert and its noise range (train/experts.py); None for the others.
-    span = experts.sigma_range(ctx.spec, ctx.comps, ctx.cfg, step, micro)
+    # Two-expert backbones: this step's expert and its noise range (train/experts.py); None for the others.
+    span = experts.sigma_range(ctx.spec, ctx.comps, ctx.cfg, step)
     sigmas = (sample_sigmas(latents.shape[0], g, ctx.cfg.train) if span is None
               else experts.sample_sigmas_in(latents.shape[0], g, ctx.cfg.train, *span)).to(latents.device)
     noise = torch.randn(latents.shape, generator=g).to(latents.device)
