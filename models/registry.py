@@ -72,6 +72,20 @@ def spec_for_index(index: dict, source: str = "the model") -> ModelSpec:
     raise ValueError(f"model {source!r}: model_index.json has _class_name={cls!r}; supported: {known}")
 
 
+def resolve_published(hub_id: str) -> tuple[ModelSpec, dict]:
+    """(family spec, transformer config) of a released checkpoint a family knows offline (`published_transformers`),
+    for real-size builds on the meta device without reading the hub.
+
+    Raises:
+        ValueError: no family holds that hub id's architecture.
+    """
+    for spec in FAMILIES.values():
+        config = getattr(spec, "published_transformers", {}).get(hub_id)
+        if config is not None:
+            return spec, config
+    raise ValueError(f"{hub_id!r}: no family holds its published architecture")
+
+
 def load_model(
     source: str,
     *,
