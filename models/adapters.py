@@ -118,7 +118,10 @@ def check_safetensors_file(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(9)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    # A pickle starts with 0x80 (protocol 2+), but so does a safetensors file whose header length's low byte is
+    # 0x80: only a file that is not a well-formed safetensors start is called a pickle.
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= min(_MAX_HEADER_BYTES, size - 8)
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and not looks_safetensors):
         raise AdapterError(f"adapter {path}: content is a pickle / torch.save archive, not safetensors; {why_pickle}")
     if len(head) < 9:
         raise AdapterError(f"adapter {path}: not a safetensors file (only {size} bytes)")

@@ -5,12 +5,13 @@ import torch
 
 from reelora.models.common import model_index
 from reelora.models.ltx import LTXSpec
+from reelora.models.ltx2 import LTX2Spec
 from reelora.models.spec import ALL_COMPONENTS, Components, ModelSpec
 from reelora.models.wan import WanSpec
 from reelora.models.wan22 import Wan22ExpertsSpec, Wan22Spec
 
-FAMILIES: dict[str, ModelSpec] = {"wan": WanSpec(), "wan22-5b": Wan22Spec(), "wan22-a14b": Wan22ExpertsSpec(),
-                                  "ltx": LTXSpec()}
+FAMILIES: dict[str, ModelSpec] = {"wan": WanSpec(), "ltx": LTXSpec(), "wan22-5b": Wan22Spec(),
+                                  "wan22-a14b": Wan22ExpertsSpec(), "ltx2": LTX2Spec()}
 TINY_PREFIX = "tiny-"
 
 

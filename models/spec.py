@@ -38,7 +38,10 @@ class Components:
     def modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules present, by component name."""
         names = ("transformer", "transformer_2", "vae", "text_encoder")
-        return {n: getattr(self, n) for n in names if isinstance(getattr(self, n), torch.nn.Module)}
+        found = {n: getattr(self, n) for n in names if isinstance(getattr(self, n), torch.nn.Module)}
+        # A family's other modules (LTX-2's connectors, audio VAE, vocoder) travel and cast with the rest.
+        found.update({n: m for n, m in self.extra.items() if isinstance(m, torch.nn.Module)})
+        return found
 
 
 ALL_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
