@@ -62,6 +62,8 @@ EXTRA_MODULES = ("connectors", "audio_vae", "vocoder")
 
 @dataclass
 class LTX2Spec:
+    """LTX-2 video-only: the video stream trains, the audio stream and the cross-modal attention stay frozen."""
+
     family: str = "ltx2"
     pipeline_class_name: str = "LTX2Pipeline"
     # The video stream's attention (self and text cross-attention) and FFN: suffix matching leaves the audio stream
@@ -70,8 +72,9 @@ class LTX2Spec:
                                      "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
     max_text_len: int = 1024
 
-    sample_defaults: ClassVar[SampleSettings] = SampleSettings(num_frames=121, height=512, width=768, steps=40,
-                                                               guidance=4.0, fps=24.0)
+    sample_defaults: ClassVar[SampleSettings] = SampleSettings(num_frames=121, height=512, width=768, steps=30,
+                                                               guidance=3.0, fps=24.0)
+    """LTX2Pipeline's own example (121 frames at 512x768, 24 fps, guidance 3)."""
     tiny_sample_defaults: ClassVar[SampleSettings] = SampleSettings(num_frames=9, height=32, width=32, steps=4,
                                                                     guidance=3.0, fps=8.0)
     size_multiple: ClassVar[int] = 32
@@ -83,6 +86,10 @@ class LTX2Spec:
     prompt_embeds_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
                                                      "negative_prompt_attention_mask")
     fp32_components: ClassVar[tuple[str, ...]] = ()
+    published_transformers: ClassVar[dict[str, dict]] = {"Lightricks/LTX-2": {}}
+    """Hub id -> transformer config for real-size builds on the meta device: LTX2VideoTransformer3DModel's defaults
+    are the released 19B model's (48 blocks, video dim 4096, audio dim 2048, Gemma 3 12B captions of width 3840:
+    18.88e9 parameters, 5.71e9 of them the audio stream's)."""
     published: ClassVar[dict[str, str]] = {}
     """Released checkpoints whose licence reelora states: none (LTX-2's own licence; the card points to the base's)."""
 

@@ -81,7 +81,7 @@ def architecture(model: str) -> Architecture:
     """
     from reelora.models.registry import FAMILIES, TINY_PREFIX, is_tiny, spec_for_index
 
-    wan_like = {f: s for f, s in FAMILIES.items() if hasattr(s, "published_transformers")}
+    wan_like = {f: s for f, s in FAMILIES.items() if s.pipeline_class_name == "WanPipeline"}
     only = f"the memory plan models the Wan block structure only ({', '.join(TINY_PREFIX + f for f in wan_like)}, " \
            f"{', '.join(i for s in wan_like.values() for i in s.published_transformers)})"
 
@@ -91,8 +91,10 @@ def architecture(model: str) -> Architecture:
                             vae.get("z_dim", 16), text_len, (d.num_frames, d.height, d.width),
                             len(getattr(spec, "experts", None) or ()) or 1)
 
-    for spec in wan_like.values():
-        if model in spec.published_transformers:
+    for family, spec in FAMILIES.items():
+        if model in getattr(spec, "published_transformers", {}):
+            if family not in wan_like:  # known offline, but not a Wan block structure (LTX-2)
+                raise PlanError(f"model {model!r} ({family}): {only}")
             return arch(spec, spec.published_transformers[model], spec.published_vae, spec.max_text_len)
     if is_tiny(model):
         spec = wan_like.get(model[len(TINY_PREFIX):])

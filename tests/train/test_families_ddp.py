@@ -16,6 +16,7 @@ FAMILIES = [
     ("tiny-wan22-5b", 29691, ["pytorch_lora_weights.safetensors", "comfyui_lora.safetensors"]),
     ("tiny-wan22-a14b", 29692, ["pytorch_lora_weights.safetensors", "pytorch_lora_weights_low_noise.safetensors",
                                 "comfyui_lora_high_noise.safetensors", "comfyui_lora_low_noise.safetensors"]),
+    ("tiny-ltx2", 29693, ["pytorch_lora_weights.safetensors"]),  # video-only LoRA; no other LTX-2 layout is written
 ]
 
 

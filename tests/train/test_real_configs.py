@@ -47,7 +47,7 @@ def test_the_real_configs_are_the_published_wan_checkpoints():
 
     names = {p.name for p in real_configs()}
     assert {"wan2.1-t2v-1.3b-lora.yaml", "wan2.1-t2v-14b-lora.yaml"} <= names
-    known = {i for spec in FAMILIES.values() for i in getattr(spec, "published_transformers", {})}
+    known = {i for spec in FAMILIES.values() for i in getattr(spec, "published_transformers", {})}  # every family's
     for p in real_configs():  # a new real-size config needs its architecture in its family, so a test checks it
         assert load_config(p).model in known, f"{p.name}: add the published architecture of its model to its family"
     assert set(PUBLISHED) == set(family_spec("wan").published)  # the hub ids the model card names
