@@ -18,10 +18,10 @@ from typing import ClassVar
 
 import torch
 
-from reelora.models.common import build_tiny, flow_match_noise, seeded
+from reelora.models.common import flow_match_noise, model_index, seeded
 from reelora.models.settings import SampleSettings
 from reelora.models.spec import ALL_COMPONENTS, Components
-from reelora.models.wan import COMFYUI_FILE, TINY_TRANSFORMER, TINY_VAE, WAN_14B, WanSpec, to_comfyui
+from reelora.models.wan import COMFYUI_FILE, TINY_TRANSFORMER, WAN_14B, WanSpec, to_comfyui
 
 # ---------------------------------------------------------------------------------------------------------
 # Published configs (diffusers' scripts/convert_wan_to_diffusers.py and the Wan2.2 repo's wan/configs/), so the
@@ -63,12 +63,6 @@ EXPERTS = {"high": "transformer", "low": "transformer_2"}
 """`lora.experts` choice -> the pipeline component it trains (WanPipeline runs `transformer` at high noise)."""
 EXPERT_SUFFIX = {"transformer": "high_noise", "transformer_2": "low_noise"}
 """How each expert's files are named (ComfyUI's Wan2.2 workflows call the two models high_noise and low_noise)."""
-
-
-def _hub_or_local_index(source: str, revision: str | None) -> dict:
-    from reelora.models.common import model_index
-
-    return model_index(source, revision)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,7 +176,7 @@ class Wan22ExpertsSpec(WanSpec):
         if "transformer" in components:  # one backbone, two denoisers: asking for the transformer means both
             kw = {**load_kwargs(source, "transformer_2", revision), "torch_dtype": dtype}
             c.transformer_2 = WanTransformer3DModel.from_pretrained(source, **kw).to(device).eval()
-        ratio = _hub_or_local_index(source, revision).get("boundary_ratio")
+        ratio = model_index(source, revision).get("boundary_ratio")  # the checkpoint's own split
         c.extra["boundary_ratio"] = float(ratio if ratio is not None else self.boundary_ratio)
         return c
 

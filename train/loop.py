@@ -336,7 +336,8 @@ RESUME_FREE = ("train.resume", "train.max_steps", "train.output_dir", "train.che
                "train.parallel", "train.fsdp_reshard_after_forward", "train.offload_blocks", "train.compile_blocks",
                "data.num_workers", "log.", "validation.")
 # Keys whose change makes the resumed run a different model: refused.
-RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules", "lora.use_rslora", "lora.use_dora")
+RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules", "lora.use_rslora", "lora.use_dora",
+                "lora.experts")
 
 
 def resume_config(cfg: Config) -> dict[str, Any]:
