@@ -138,7 +138,11 @@ def test_sampling_routes_experts_by_timestep_with_their_own_adapters(expert_adap
     assert np.array_equal(zero.generate("a fox", seed=1, steps=2, num_frames=5).frames, clip.frames)
 
     one = Sampler(A14B, loras=[str(out)], progress=False)
-    assert not np.array_equal(one.generate("a fox", seed=1, steps=2, num_frames=5).frames, clip.frames)
+    styled = one.generate("a fox", seed=1, steps=2, num_frames=5).frames
+    assert not np.array_equal(styled, clip.frames)
+    fused = Sampler(A14B, loras=[str(out)], fuse=True, progress=False)  # each expert fuses its own adapter
+    assert not any(getattr(fused.pipe, c).peft_config for c in ("transformer", "transformer_2") if hasattr(getattr(fused.pipe, c), "peft_config"))
+    assert np.abs(fused.generate("a fox", seed=1, steps=2, num_frames=5).frames.astype(int) - styled).max() <= 2
     for component, f in (("transformer", "pytorch_lora_weights.safetensors"), ("transformer_2", "pytorch_lora_weights_low_noise.safetensors")):
         want = load_file(str(out / f))["transformer.blocks.1.ffn.net.2.lora_B.weight"]
         layer = getattr(one.pipe, component).blocks[1].ffn.net[2]
