@@ -66,11 +66,14 @@ class Adapter:
     lineage: dict = field(default_factory=dict)
     """Every other safetensors header entry (base model, config, shard index hash, titles...), JSON decoded."""
     name: str = ""
+    component: str = "transformer"
+    """The pipeline denoiser it loads into: `transformer_2` for a two-expert backbone's low-noise expert."""
 
     def provenance(self) -> dict:
         """What a sidecar records about this adapter; `shares`: its training footage per title and rights holder."""
         return {
             "path": str(self.path), "scale": self.scale, "sha256": self.sha256, "format": self.format,
+            **({"component": self.component} if self.component != "transformer" else {}),
             "lora_config": lora_config_summary(self.lora_metadata, self.state_dict),
             "lineage": {k: v for k, v in self.lineage.items() if k != SHARES_KEY},  # shares once, below
             "shares": self.lineage.get(SHARES_KEY),
@@ -120,7 +123,10 @@ def check_safetensors_file(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(9)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    # A pickle starts with 0x80 (protocol 2+), but so does a safetensors file whose header length's low byte is
+    # 0x80: only a file that is not a well-formed safetensors start is called a pickle.
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= min(_MAX_HEADER_BYTES, size - 8)
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and not looks_safetensors):
         raise AdapterError(f"adapter {path}: content is a pickle / torch.save archive, not safetensors; {why_pickle}")
     if len(head) < 9:
         raise AdapterError(f"adapter {path}: not a safetensors file (only {size} bytes)")
@@ -176,6 +182,44 @@ def read_adapter(path: str | Path, scale: float = 1.0, family: str | None = None
     lineage = {k: _maybe_json(v) for k, v in header.items() if k not in ("format", LORA_METADATA_KEY)}
     return Adapter(path=p, scale=float(scale), sha256=sha256_file(p), format=fmt, state_dict=state_dict,
                    lora_metadata=lora_metadata, lineage=lineage)
+
+
+def read_adapters(path: str | Path, scale: float = 1.0, family: str | None = None) -> list[Adapter]:
+    """`read_adapter` for every denoiser: one Adapter per expert file of a two-expert backbone (Wan2.2-A14B),
+    else `[read_adapter(path, scale, family)]`.
+
+    For a two-expert family a folder gives each expert file reelora wrote (`spec.expert_file`); a single file goes
+    to the expert its `reelora.expert` lineage names, else (a file from elsewhere) to `transformer_2` when its name
+    says low noise (`low_noise`, `low-noise`, `lownoise`, as ComfyUI's Wan2.2 LoRAs are named) and to `transformer`
+    otherwise. All get the same `scale`.
+
+    Raises:
+        AdapterError: as `read_adapter`; a folder with no expert file.
+    """
+    from reelora.models.registry import FAMILIES
+
+    experts = getattr(FAMILIES.get(family), "experts", None) if family else None
+    if not experts:
+        return [read_adapter(path, scale, family)]
+    spec = FAMILIES[family]
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = [(p / spec.expert_file(DIFFUSERS_FILE, c), c) for c in experts]
+        found = [(f, c) for f, c in found if f.is_file()]
+        if not found:
+            names = ", ".join(spec.expert_file(DIFFUSERS_FILE, c) for c in experts)
+            raise AdapterError(f"adapter {p}: a folder without any expert file of a {family} adapter ({names})")
+        out = [read_adapter(f, scale, family) for f, _ in found]
+        for a, (_, c) in zip(out, found):
+            a.component = c
+        return out
+    a = read_adapter(p, scale, family)
+    recorded = a.lineage.get("reelora.expert")
+    if recorded in experts:
+        a.component = recorded
+    elif re.search(r"low[_-]?noise", p.name, re.I):
+        a.component = experts[-1]
+    return [a]
 
 
 def check_scales(path: Path, scale: float, metadata: dict | None, raw: dict[str, torch.Tensor]) -> None:
@@ -330,18 +374,26 @@ def attach(pipe: Any, adapters: list[Adapter], model_name: str = "the backbone")
     nothing, so scale 0 reproduces the base model bit for bit).
     """
     for a in adapters:  # all checks before any adapter is loaded: no half-modified backbone on error
-        validate(a, pipe.transformer, model_name)
+        denoiser = getattr(pipe, a.component, None)
+        if denoiser is None:
+            raise AdapterError(f"adapter {a.path} belongs to `{a.component}`, which {model_name} does not have")
+        validate(a, denoiser, model_name)
     names = []
     for i, a in enumerate(adapters):
         a.name = a.name or f"lora{i}"
         with warnings.catch_warnings():
             # peft warns that a second adapter makes a multi-adapter model: that is the point here.
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            pipe.load_lora_into_transformer(dict(a.state_dict), transformer=pipe.transformer, adapter_name=a.name,
-                                            metadata=a.lora_metadata, _pipeline=pipe)
+            pipe.load_lora_into_transformer(dict(a.state_dict), transformer=getattr(pipe, a.component),
+                                            adapter_name=a.name, metadata=a.lora_metadata, _pipeline=pipe)
         names.append(a.name)
-    if names:
+    components = {a.component for a in adapters}
+    if components == {"transformer"}:
         pipe.set_adapters(names, [a.scale for a in adapters])
+    else:  # two experts: each denoiser mixes its own adapters (the pipeline's set_adapters wants each name in each)
+        for c in sorted(components):
+            mine = [a for a in adapters if a.component == c]
+            getattr(pipe, c).set_adapters([a.name for a in mine], [a.scale for a in mine])
     return names
 
 
@@ -349,7 +401,12 @@ def fuse(pipe: Any, names: list[str]) -> None:
     """Merge the active adapters (at their set scales) into the base weights and drop the LoRA layers."""
     if not names:
         return
-    pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
+    # Each denoiser holding adapters (two for Wan2.2-A14B) fuses its own.
+    for c in ("transformer", "transformer_2"):
+        denoiser = getattr(pipe, c, None)
+        mine = [n for n in names if denoiser is not None and n in (getattr(denoiser, "peft_config", None) or {})]
+        if mine:
+            pipe.fuse_lora(components=[c], lora_scale=1.0, adapter_names=mine)
     # After fusing, the peft wrappers only cost time; unloading keeps the fused weights.
     pipe.unload_lora_weights()
 

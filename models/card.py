@@ -96,8 +96,12 @@ def sample_settings(base: Base, family: str, config: dict) -> dict:
     return mine.filled(sample_defaults(base.source, family_spec(family)))
 
 
-def diffusers_usage(base: Base, family: str, adapter: str, prompt: str, settings: dict, seed: int = 0) -> str:
-    """Python that loads the base, this adapter, and writes one clip to sample.mp4 (runs as written)."""
+def diffusers_usage(base: Base, family: str, adapter: str, prompt: str, settings: dict, seed: int = 0,
+                    experts: list[str] | None = None) -> str:
+    """Python that loads the base, this adapter, and writes one clip to sample.mp4 (runs as written).
+
+    experts: a two-expert backbone's trained components (Wan2.2-A14B): one file each, each into its denoiser.
+    """
     from reelora.models.lora import DIFFUSERS_FILE
     from reelora.models.registry import family_spec
 
@@ -135,9 +139,18 @@ def diffusers_usage(base: Base, family: str, adapter: str, prompt: str, settings
             f"pipe = {load}.to(device)  # short of GPU memory: pipe.enable_model_cpu_offload() instead of .to(device)",
         ]
     negative = settings.get("negative_prompt")
+    if experts:  # one file per expert, each loaded into its own denoiser and scaled there
+        for c in experts:
+            into = ", load_into_transformer_2=True" if c == "transformer_2" else ""
+            lines.append(f"pipe.load_lora_weights(adapter, weight_name={spec.expert_file(DIFFUSERS_FILE, c)!r}, "
+                         f"adapter_name={ADAPTER_NAME!r}{into})")
+        lines += [f"pipe.{c}.set_adapters([{ADAPTER_NAME!r}], [1.0])  # this expert's strength" for c in experts]
+    else:
+        lines += [
+            f"pipe.load_lora_weights(adapter, weight_name={DIFFUSERS_FILE!r}, adapter_name={ADAPTER_NAME!r})",
+            f"pipe.set_adapters({ADAPTER_NAME!r}, 1.0)  # the adapter's strength: lower it to blend with the base",
+        ]
     lines += [
-        f"pipe.load_lora_weights(adapter, weight_name={DIFFUSERS_FILE!r}, adapter_name={ADAPTER_NAME!r})",
-        f"pipe.set_adapters({ADAPTER_NAME!r}, 1.0)  # the adapter's strength: lower it to blend with the base",
         f"frames = pipe(prompt={prompt!r},{f' negative_prompt={negative!r},' if negative else ''}",
         f"              num_frames={settings['num_frames']}, height={settings['height']}, width={settings['width']},",
         f"              num_inference_steps={settings['steps']}, guidance_scale={settings['guidance']:g},",
@@ -214,7 +227,8 @@ def model_card(*, rank: int, alpha: float, target_modules, family: str, lineage:
         "the ones this run was validated with.",
         "",
         "```python",
-        diffusers_usage(base, family, str(adapter_dir), prompt, settings, int((config.get("validation") or {}).get("seed") or 0)),
+        diffusers_usage(base, family, str(adapter_dir), prompt, settings, int((config.get("validation") or {}).get("seed") or 0),
+                        [k[len("diffusers_"):] for k in exports if k.startswith("diffusers_")]),
         "```",
         "",
     ]

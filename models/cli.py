@@ -14,7 +14,7 @@ def describe(source: str) -> dict:
     spec, comps = load_model(source)
     info: dict = {"model": source, "family": spec.family, "pipeline": spec.pipeline_class_name,
                   "revision": comps.revision, "components": {}, "lora_targets": list(spec.lora_targets)}
-    for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+    for name in ("transformer", "transformer_2", "vae", "text_encoder", "tokenizer", "scheduler"):
         obj = getattr(comps, name)
         if obj is None:
             continue
@@ -22,9 +22,13 @@ def describe(source: str) -> dict:
         if hasattr(obj, "parameters"):
             entry["parameters"] = count_params(obj)
         info["components"][name] = entry
+    for name, module in comps.modules().items():  # a family's other modules (LTX-2: connectors, audio VAE, vocoder)
+        info["components"].setdefault(name, {"class": type(module).__name__, "parameters": count_params(module)})
     if comps.transformer is not None:
         # Which modules the default targets actually hit: a target matching nothing is a silent no-op.
-        hits = [n for n, _ in comps.transformer.named_modules() if any(n.endswith(t) for t in spec.lora_targets)]
+        denoisers = [m for m in (comps.transformer, comps.transformer_2) if m is not None]  # Wan2.2-A14B: two experts
+        # peft's suffix rule (a whole dotted part): LTX-2's `attn1.to_q` must not also hit `audio_attn1.to_q`
+        hits = [n for d in denoisers for n, _ in d.named_modules() if any(n == t or n.endswith("." + t) for t in spec.lora_targets)]
         info["lora_target_modules"] = len(hits)
     return info
 
@@ -48,9 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
     show = msub.add_parser(
         "show", help="family, components, parameter counts and default LoRA targets of a backbone",
-        description="Load a backbone (built-in tiny-wan / tiny-ltx, a local diffusers directory, or a hub id "
+        description="Load a backbone (a built-in tiny one: tiny-wan, tiny-wan22-5b, tiny-wan22-a14b, tiny-ltx, tiny-ltx2; a local "
+        "diffusers directory, or a hub id "
         "already in the local cache) and print what it is made of.",
     )
-    show.add_argument("name", help="tiny-wan, tiny-ltx, a diffusers directory, or a hub id")
+    show.add_argument("name", help="tiny-wan, tiny-wan22-5b, tiny-wan22-a14b, tiny-ltx, tiny-ltx2, a diffusers directory, or a hub id")
     show.add_argument("--json", action="store_true", help="print JSON (keys: family, pipeline, components, lora_targets, ...)")
     show.set_defaults(func=_show)

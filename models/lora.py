@@ -86,6 +86,9 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's weights with peft's names, adapter name removed (`blocks.0.attn1.to_q.lora_A.weight`)."""
     from peft.utils import get_peft_model_state_dict
 
+    adapted = getattr(transformer, "adapted", None)
+    if adapted is not None:  # two experts (models/wan22.Experts): each expert's keys under its component name
+        return {f"{e}.{k}": v for e in adapted for k, v in lora_state_dict(getattr(transformer, e)).items()}
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(transformer).items()}
 
 
@@ -152,6 +155,11 @@ def save_adapter(out_dir: str | Path, sd: dict[str, torch.Tensor], *, rank: int,
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
     lineage = lineage or {}
+    spec = family_spec(family)
+    experts = getattr(spec, "experts", None)
+    if experts:  # two-expert backbone: `sd` keys start with the expert's component name (see lora_state_dict)
+        return _save_experts(out, sd, spec, experts, rank=rank, alpha=alpha, target_modules=target_modules,
+                             family=family, lineage=lineage, use_rslora=use_rslora, use_dora=use_dora)
     meta = {"format": "pt"}
     packed = {f"transformer.{k}": v for k, v in adapter_metadata(rank, alpha, target_modules, use_rslora, use_dora).items()}
     meta["lora_adapter_metadata"] = json.dumps(packed, indent=2, sort_keys=True)
@@ -160,7 +168,7 @@ def save_adapter(out_dir: str | Path, sd: dict[str, torch.Tensor], *, rank: int,
     save_safetensors_atomic({f"transformer.{k}": v for k, v in sd.items()}, paths["diffusers"], meta)
     exports = {}
     other_meta = {"format": "pt", **{k: v for k, v in meta.items() if k.startswith(LINEAGE_PREFIX)}}
-    other_formats = {} if use_dora else family_spec(family).exports(sd, alpha * math.sqrt(rank) if use_rslora else alpha)
+    other_formats = {} if use_dora else spec.exports(sd, alpha * math.sqrt(rank) if use_rslora else alpha)
     for key, (name, tensors, note) in other_formats.items():
         paths[key] = out / name
         save_safetensors_atomic(tensors, paths[key], other_meta)
@@ -179,3 +187,43 @@ def read_lineage(path: str | Path) -> dict:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     return {k[len(LINEAGE_PREFIX):]: json.loads(v) for k, v in meta.items() if k.startswith(LINEAGE_PREFIX)}
+
+
+def _save_experts(out: Path, sd: dict[str, torch.Tensor], spec, experts, *, rank, alpha, target_modules, family,
+                  lineage, use_rslora, use_dora) -> dict[str, Path]:
+    """A two-expert adapter: per trained expert, a diffusers file (`transformer.*` keys, as diffusers'
+    `load_lora_weights(..., load_into_transformer_2=True)` loads the second) and a ComfyUI file; one card.
+
+    Each file's lineage records its expert (`reelora.expert`: the pipeline component it belongs to), so a
+    reader puts it into the right denoiser. Returns {"diffusers_<component>": path, ..., "card": path}.
+    """
+    meta = {"format": "pt"}
+    packed = {f"transformer.{k}": v for k, v in adapter_metadata(rank, alpha, target_modules, use_rslora, use_dora).items()}
+    meta["lora_adapter_metadata"] = json.dumps(packed, indent=2, sort_keys=True)
+    paths, exports = {}, {}
+    for component in experts:
+        part = {k[len(component) + 1:]: v for k, v in sd.items() if k.startswith(component + ".")}
+        if not part:
+            continue  # lora.experts trained the other one only
+        lin = {**lineage, "expert": component}
+        lin_meta = {LINEAGE_PREFIX + k: json.dumps(v, sort_keys=True) for k, v in lin.items()}
+        name = spec.expert_file(DIFFUSERS_FILE, component)
+        paths[f"diffusers_{component}"] = out / name
+        save_safetensors_atomic({f"transformer.{k}": v for k, v in part.items()}, out / name, {**meta, **lin_meta})
+        exports[f"diffusers_{component}"] = (name, f"diffusers weights of `{component}` (load with "
+                                             f"`load_into_transformer_2=True` for transformer_2)"
+                                             if component != experts[0] else f"diffusers weights of `{component}`")
+        other = {} if use_dora else spec.exports(part, alpha * math.sqrt(rank) if use_rslora else alpha, component)
+        for key, (fname, tensors, note) in other.items():
+            paths[key] = out / fname
+            save_safetensors_atomic(tensors, paths[key], {"format": "pt", **lin_meta})
+            exports[key] = (fname, note)
+    if not paths:
+        raise ValueError(f"no LoRA weights for any expert of {family} ({', '.join(experts)}) in the state dict")
+    if "diffusers_transformer" in paths:
+        paths["diffusers"] = paths["diffusers_transformer"]
+    paths["card"] = out / "README.md"
+    write_text_atomic(paths["card"], model_card(rank=rank, alpha=alpha, target_modules=target_modules, family=family,
+                                                lineage=lineage, adapter_dir=out, exports=exports,
+                                                use_rslora=use_rslora, use_dora=use_dora))
+    return paths

@@ -5,10 +5,13 @@ import torch
 
 from reelora.models.common import model_index
 from reelora.models.ltx import LTXSpec
+from reelora.models.ltx2 import LTX2Spec
 from reelora.models.spec import ALL_COMPONENTS, Components, ModelSpec
 from reelora.models.wan import WanSpec
+from reelora.models.wan22 import Wan22ExpertsSpec, Wan22Spec
 
-FAMILIES: dict[str, ModelSpec] = {"wan": WanSpec(), "ltx": LTXSpec()}
+FAMILIES: dict[str, ModelSpec] = {"wan": WanSpec(), "ltx": LTXSpec(), "wan22-5b": Wan22Spec(),
+                                  "wan22-a14b": Wan22ExpertsSpec(), "ltx2": LTX2Spec()}
 TINY_PREFIX = "tiny-"
 
 
@@ -49,13 +52,39 @@ def resolve(source: str, revision: str | None = None) -> ModelSpec:
         if family not in FAMILIES:
             raise ValueError(f"unknown built-in model {source!r}; built-ins: {', '.join(tiny_names())}")
         return FAMILIES[family]
-    index = model_index(source, revision)
+    return spec_for_index(model_index(source, revision), source)
+
+
+def spec_for_index(index: dict, source: str = "the model") -> ModelSpec:
+    """The family a model_index.json describes: a family whose `matches(index)` says so (Wan2.2's flavours of
+    WanPipeline), else the one family of that pipeline class without a `matches` (Wan2.1's WanPipeline).
+
+    Raises:
+        ValueError: model_index.json names an unsupported pipeline.
+    """
     cls = index.get("_class_name", "")
     for spec in FAMILIES.values():
-        if cls == spec.pipeline_class_name:
+        if cls == spec.pipeline_class_name and getattr(spec, "matches", None) and spec.matches(index):
+            return spec
+    for spec in FAMILIES.values():
+        if cls == spec.pipeline_class_name and not getattr(spec, "matches", None):
             return spec
     known = ", ".join(f"{s.pipeline_class_name} ({f})" for f, s in FAMILIES.items())
     raise ValueError(f"model {source!r}: model_index.json has _class_name={cls!r}; supported: {known}")
+
+
+def resolve_published(hub_id: str) -> tuple[ModelSpec, dict]:
+    """(family spec, transformer config) of a released checkpoint a family knows offline (`published_transformers`),
+    for real-size builds on the meta device without reading the hub.
+
+    Raises:
+        ValueError: no family holds that hub id's architecture.
+    """
+    for spec in FAMILIES.values():
+        config = getattr(spec, "published_transformers", {}).get(hub_id)
+        if config is not None:
+            return spec, config
+    raise ValueError(f"{hub_id!r}: no family holds its published architecture")
 
 
 def load_model(

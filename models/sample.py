@@ -270,7 +270,8 @@ class Sampler:
         if isinstance(loras, (str, Path)):  # one adapter given bare, not in a list
             loras = [loras]
         # Adapters are read and checked for format/NaN before the (possibly large) backbone loads.
-        self.adapters = [adapter_io.read_adapter(p, s, spec.family) for p, s in (_lora_pair(x) for x in loras)]
+        # read_adapters: a two-expert backbone's adapter folder gives one Adapter per expert (models/wan22.py).
+        self.adapters = [a for p, s in (_lora_pair(x) for x in loras) for a in adapter_io.read_adapters(p, s, spec.family)]
         self.signing = resolve_signing_key(sign_cert, sign_key)  # a bad certificate fails before the model loads
 
         offload = cpu_offload and self.device.type != "cpu"

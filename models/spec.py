@@ -29,14 +29,19 @@ class Components:
     text_encoder: Any = None
     tokenizer: Any = None
     scheduler: Any = None
+    transformer_2: Any = None
+    """A two-expert backbone's second denoiser (Wan2.2-A14B's low-noise expert); None for the others."""
     revision: str | None = None
     """Hash or hub revision identifying the exact weights (recorded in adapter lineage)."""
     extra: dict = field(default_factory=dict)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules present, by component name."""
-        names = ("transformer", "vae", "text_encoder")
-        return {n: getattr(self, n) for n in names if isinstance(getattr(self, n), torch.nn.Module)}
+        names = ("transformer", "transformer_2", "vae", "text_encoder")
+        found = {n: getattr(self, n) for n in names if isinstance(getattr(self, n), torch.nn.Module)}
+        # A family's other modules (LTX-2's connectors, audio VAE, vocoder) travel and cast with the rest.
+        found.update({n: m for n, m in self.extra.items() if isinstance(m, torch.nn.Module)})
+        return found
 
 
 ALL_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -67,6 +72,13 @@ class ModelSpec(Protocol):
     """Components loaded in float32 whatever the training dtype (the model card's usage code does the same)."""
     published: dict[str, str]
     """Released checkpoints: hub id -> licence (the adapter model card's base licence)."""
+
+    # Optional, for families that share a pipeline class with another (Wan2.1 / Wan2.2 are all WanPipeline):
+    #   matches(index: dict) -> bool   whether a model_index.json is this family's (registry.resolve asks it)
+    # and for two-expert backbones (Wan2.2-A14B, models/wan22.py):
+    #   experts: tuple[str, ...]       the denoiser components, high noise first; each gets its own LoRA
+    #   boundary(comps) -> float       the sigma at which sampling switches from the first to the second
+    #   expert_file(base, component)   the adapter file name of one expert's weights
 
     def load(
         self,

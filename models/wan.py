@@ -63,6 +63,13 @@ class WanSpec:
     published: ClassVar[dict[str, str]] = {
         "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "apache-2.0", "Wan-AI/Wan2.1-T2V-14B-Diffusers": "apache-2.0"}
     """Released diffusers-format checkpoints (hub id -> licence), as the model card names them."""
+    published_transformers: ClassVar[dict[str, dict]] = PUBLISHED_TRANSFORMERS
+    """Hub id -> transformer config, so real sizes are built offline (`reelora plan`, the real-config tests)."""
+    published_vae: ClassVar[dict] = PUBLISHED_VAE
+    """The released VAE's compression and channels (what `reelora plan` needs of it)."""
+    tiny_transformer: ClassVar[dict] = TINY_TRANSFORMER
+    tiny_vae: ClassVar[dict] = TINY_VAE
+    """The configs `tiny()` builds from (the Wan2.2 flavours override them)."""
 
     def load(self, source, *, dtype=torch.float32, device="cpu", components=ALL_COMPONENTS, revision=None):
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel

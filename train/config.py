@@ -78,6 +78,14 @@ class LoraConfig:
     weight). The adapter holds `lora_magnitude_vector` tensors that diffusers' loader reads; no ComfyUI file is
     written (ComfyUI's `dora_scale` is normalised differently)."""
 
+    experts: Literal["both", "high", "low"] = "both"
+    """Two-expert backbones (Wan2.2-T2V-A14B): which denoiser gets a LoRA. "both": one LoRA each, every micro-step
+    training one of them on its own noise range (the high-noise `transformer` at sigma >= the model's
+    boundary_ratio, i.e. timesteps >= boundary_ratio x 1000, the low-noise `transformer_2` below; the expert is
+    drawn with the odds the timestep distribution gives each range); "high" or "low": that expert only, on its
+    range. The adapter holds one file per trained expert (diffusers and ComfyUI), and sampling applies each in
+    its range. Backbones with one transformer accept only "both" (the default)."""
+
     def __post_init__(self):
         _check(self.rank >= 1, "lora.rank", f"must be >= 1, got {self.rank}")
         _check(self.alpha > 0, "lora.alpha", f"must be > 0, got {self.alpha}")

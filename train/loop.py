@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from reelora.data.shards import ShardError, ShardSet
-from reelora.train import checkpoint, parallel
+from reelora.train import checkpoint, experts, parallel
 from reelora.train.config import Config, ConfigError
 from reelora.train.plan import start_summary
 from reelora.train.batches import ClipDataset, DataError, StreamBatches, batches
@@ -31,7 +31,8 @@ def run(cfg: Config) -> int:
 
     if cfg.train.deterministic:
         make_deterministic()
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu_multiprocess())
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu_multiprocess(),
+                              kwargs_handlers=experts.ddp_kwargs(cfg))
     lock = None
     try:
         lock = lock_output_dir(cfg, accelerator)
@@ -249,12 +250,15 @@ def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
         raise ConfigError(f"config key 'train.offload_blocks': runs in one process only (DDP broadcasts and "
                           f"reduces from the device, where offloaded weights are not); launched with "
                           f"{accelerator.num_processes} processes")
-    transformer = comps.transformer
+    experts.check_options(spec, cfg)
+    # The transformer, or (Wan2.2-A14B) both experts in one module with a LoRA on each trained one.
+    transformer = experts.training_module(spec, comps, cfg)
     targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)
     try:
-        attach_lora(transformer, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=targets,
-                    dropout=cfg.lora.dropout, init=cfg.lora.init, seed=cfg.train.seed,
-                    use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora)
+        for module in experts.adapted_modules(transformer):
+            attach_lora(module, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=targets,
+                        dropout=cfg.lora.dropout, init=cfg.lora.init, seed=cfg.train.seed,
+                        use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora)
     except ValueError as exc:
         raise ConfigError(f"config key 'lora.target_modules': {exc}") from exc
     # Before the optimizer is built: under FSDP it must hold the sharded parameters.
@@ -332,7 +336,8 @@ RESUME_FREE = ("train.resume", "train.max_steps", "train.output_dir", "train.che
                "train.parallel", "train.fsdp_reshard_after_forward", "train.offload_blocks", "train.compile_blocks",
                "data.num_workers", "log.", "validation.")
 # Keys whose change makes the resumed run a different model: refused.
-RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules", "lora.use_rslora", "lora.use_dora")
+RESUME_FIXED = ("model", "lora.rank", "lora.alpha", "lora.target_modules", "lora.use_rslora", "lora.use_dora",
+                "lora.experts")
 
 
 def resume_config(cfg: Config) -> dict[str, Any]:

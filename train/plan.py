@@ -63,6 +63,8 @@ class Architecture:
     """Text tokens per prompt the cross-attention sees (Wan: 512 UMT5 tokens, padded)."""
     default_shape: tuple[int, int, int]
     """(frames, height, width) planned when neither --frames/--height/--width nor data.shards gives one."""
+    experts: int = 1
+    """Transformers of this shape the backbone holds (Wan2.2-A14B: 2, a high- and a low-noise expert)."""
 
     @property
     def dim(self) -> int:
@@ -72,35 +74,48 @@ class Architecture:
 def architecture(model: str) -> Architecture:
     """The shapes of `model` (a tiny name, a published Wan hub id, a local diffusers directory or a cached hub id).
 
+    Every Wan family is planned (Wan2.1, Wan2.2-TI2V-5B, Wan2.2-A14B: its two experts counted as such).
+
     Raises:
         PlanError: a family other than Wan, or no transformer/config.json to be read offline.
     """
-    from reelora.models import wan
-    from reelora.models.registry import is_tiny
+    from reelora.models.registry import FAMILIES, TINY_PREFIX, is_tiny, spec_for_index
 
-    def arch(transformer, vae, text_len, shape):
+    wan_like = {f: s for f, s in FAMILIES.items() if s.pipeline_class_name == "WanPipeline"}
+    only = f"the memory plan models the Wan block structure only ({', '.join(TINY_PREFIX + f for f in wan_like)}, " \
+           f"{', '.join(i for s in wan_like.values() for i in s.published_transformers)})"
+
+    def arch(spec, transformer, vae, text_len, tiny=False):
+        d = spec.tiny_sample_defaults if tiny else spec.sample_defaults
         return Architecture(model, dict(transformer), vae.get("scale_factor_temporal", 4), vae.get("scale_factor_spatial", 8),
-                            vae.get("z_dim", 16), text_len, shape)
+                            vae.get("z_dim", 16), text_len, (d.num_frames, d.height, d.width),
+                            len(getattr(spec, "experts", None) or ()) or 1)
 
-    wan_default = wan.WanSpec.sample_defaults
-    default = (wan_default.num_frames, wan_default.height, wan_default.width)
-    if model in wan.PUBLISHED_TRANSFORMERS:
-        return arch(wan.PUBLISHED_TRANSFORMERS[model], wan.PUBLISHED_VAE, wan.WanSpec.max_text_len, default)
+    for family, spec in FAMILIES.items():
+        if model in getattr(spec, "published_transformers", {}):
+            if family not in wan_like:  # known offline, but not a Wan block structure (LTX-2)
+                raise PlanError(f"model {model!r} ({family}): {only}")
+            return arch(spec, spec.published_transformers[model], spec.published_vae, spec.max_text_len)
     if is_tiny(model):
-        if model != "tiny-wan":
-            raise PlanError(f"model {model!r}: the memory plan models the Wan block structure only (tiny-wan, Wan2.1 1.3B/14B)")
+        spec = wan_like.get(model[len(TINY_PREFIX):])
+        if spec is None:
+            raise PlanError(f"model {model!r}: {only}")
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-        # Tiny shapes come from the classes' own defaults overridden by models/wan.py's, as tiny() builds them.
-        transformer = _with_defaults(WanTransformer3DModel, wan.TINY_TRANSFORMER)
-        vae = _with_defaults(AutoencoderKLWan, wan.TINY_VAE)
-        t = wan.WanSpec.tiny_sample_defaults
-        return arch(transformer, vae, wan.TINY_MAX_TEXT_LEN, (t.num_frames, t.height, t.width))
+        from reelora.models.wan import TINY_MAX_TEXT_LEN
+
+        # Tiny shapes come from the classes' own defaults overridden by the family's, as tiny() builds them.
+        transformer = _with_defaults(WanTransformer3DModel, spec.tiny_transformer)
+        vae = _with_defaults(AutoencoderKLWan, spec.tiny_vae)
+        return arch(spec, transformer, vae, TINY_MAX_TEXT_LEN, tiny=True)
     transformer, vae, index = _read_configs(model)
-    if index.get("_class_name") != wan.WanSpec.pipeline_class_name:
-        raise PlanError(f"model {model!r}: model_index.json names {index.get('_class_name')!r}; the memory plan models "
-                        f"the Wan block structure only ({wan.WanSpec.pipeline_class_name})")
-    return arch(transformer, vae, wan.WanSpec.max_text_len, default)
+    try:
+        spec = spec_for_index(index, model)
+    except ValueError:
+        spec = None
+    if spec not in wan_like.values():
+        raise PlanError(f"model {model!r}: model_index.json names {index.get('_class_name')!r}; {only}")
+    return arch(spec, transformer, vae, spec.max_text_len)
 
 
 def _with_defaults(cls, overrides: dict) -> dict:
@@ -341,6 +356,16 @@ def estimate(cfg, *, gpus: int = 1, shape: tuple[int, int, int] | None = None, c
     if frames < 1 or height < arch.vae_spatial or width < arch.vae_spatial:
         raise PlanError(f"clip shape {frames}x{height}x{width}: too small for the VAE's {arch.vae_spatial}x spatial compression")
     counts = counts or count_parameters(arch, cfg.lora.rank, cfg.lora.target_modules)
+    notes: list[str] = []
+    expert_counts = counts  # what one forward runs through: the activations are one expert's
+    if arch.experts > 1:  # both experts stay loaded (each step runs one); a LoRA on each trained one
+        trained = arch.experts if cfg.lora.experts == "both" else 1
+        counts = dataclasses.replace(counts, base=counts.base * arch.experts, blocks=counts.blocks * arch.experts,
+                                     fp8_able=counts.fp8_able * arch.experts, lora=counts.lora * trained,
+                                     lora_layers=counts.lora_layers * trained)
+        notes.append(f"{arch.experts} experts of {counts.base // arch.experts:,} params each are held (a step runs one "
+                     f"of them: activations are one expert's); lora.experts={cfg.lora.experts} trains a LoRA on "
+                     f"{trained} of them")
     latent = latent_shape(arch, frames, height, width)
     s = tokens(arch, latent)
     half = cfg.train.mixed_precision in ("bf16", "fp16")
@@ -356,7 +381,6 @@ def estimate(cfg, *, gpus: int = 1, shape: tuple[int, int, int] | None = None, c
         base_bytes -= counts.fp8_able * (compute_bytes - opts["storage_bytes"])
         block_bytes = block_bytes * base_bytes / (counts.base * compute_bytes)
     rows: dict[str, float] = {}
-    notes: list[str] = []
     if opts["offload"]:
         # The blocks' frozen weights live in CPU memory; one group of `offload` blocks is on the GPU at a time.
         n = opts["offload"]
@@ -377,7 +401,7 @@ def estimate(cfg, *, gpus: int = 1, shape: tuple[int, int, int] | None = None, c
     b = cfg.train.batch_size
     acts, totals = {}, {}
     for key, ckpt in (("checkpointing", True), ("no_checkpointing", False)):
-        a = activation_bytes(arch, counts, s, latent_elems, cfg.lora.rank, half, ckpt)
+        a = activation_bytes(arch, expert_counts, s, latent_elems, cfg.lora.rank, half, ckpt)
         acts[key] = {k: v * b / GIB for k, v in a.items()}
         totals[key] = sum(rows.values()) + sum(acts[key].values())
     if cfg.data.cache is None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from reelora.train import experts
 from reelora.train.batches import mix_seed
 from reelora.train.parallel import no_sync
 
@@ -93,7 +94,10 @@ def micro_loss(ctx: StepContext, batch: dict, step: int, micro: int) -> torch.Te
     # LoRA dropout draws from the global RNG: reseed it per micro-step too, so resume stays exact.
     torch.manual_seed(mix_seed(ctx.cfg.train.seed, step, ctx.accelerator.process_index, micro, "global"))
     latents, text = prepare_inputs(ctx, batch, g)
-    sigmas = sample_sigmas(latents.shape[0], g, ctx.cfg.train).to(latents.device)
+    # Two-expert backbones: this step's expert and its noise range (train/experts.py); None for the others.
+    span = experts.sigma_range(ctx.spec, ctx.comps, ctx.cfg, step)
+    sigmas = (sample_sigmas(latents.shape[0], g, ctx.cfg.train) if span is None
+              else experts.sample_sigmas_in(latents.shape[0], g, ctx.cfg.train, *span)).to(latents.device)
     noise = torch.randn(latents.shape, generator=g).to(latents.device)
     with ctx.accelerator.autocast():
         pred, target = ctx.spec.forward(ctx.comps, ctx.model, latents, noise, sigmas, text)
