@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -13,7 +14,7 @@ import numpy as np
 
 # mp4 tags: `comment` is shown by most players and tools; the namespaced tag is the one to parse.
 PROVENANCE_TAG = "reelora_provenance"
-X264_THREADS = 4
+X264_THREADS = 1
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -36,9 +37,6 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, provenance: dict
             certificate); False writes none (for footage that is not generated). The provenance gets a
             `content_credentials` entry naming the signer unless it has one.
     """
-    import av
-    from fractions import Fraction
-
     from reelora.files import atomic_write
 
     path = Path(path)
@@ -57,25 +55,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, provenance: dict
         provenance.setdefault("content_credentials", key.describe())
 
     def encode(tmp: Path) -> None:
-        # movflags=use_metadata_tags lets mp4 carry our own tag names, not just the iTunes set.
-        with av.open(str(tmp), "w", format="mp4", options={"movflags": "use_metadata_tags"}) as container:
-            if provenance is not None:
-                text = json.dumps(provenance, sort_keys=True, separators=(",", ":"))
-                container.metadata[PROVENANCE_TAG] = text
-                container.metadata["comment"] = text
-                container.metadata["title"] = str(provenance.get("prompt", ""))[:200]
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            # x264's output depends on its thread count, which it otherwise takes from the CPUs this process
-            # may use (measured: auto, 1, 3 and 4 threads gave four different files): a fixed count makes
-            # the same frames the same bytes in any process.
-            stream.options = {"crf": str(crf), "preset": "medium", "threads": str(X264_THREADS)}
-            for image in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+        _encode_in_child(tmp, frames, fps, crf, provenance)
 
     def write(tmp: Path) -> None:
         if key is None:
@@ -90,6 +70,54 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, provenance: dict
             plain.unlink(missing_ok=True)
 
     return atomic_write(path, write)
+
+
+def _encode_in_child(path: Path, frames: np.ndarray, fps: float, crf: int, provenance: dict | None) -> None:
+    """Encode in a fresh `python -m reelora.models.media` process.
+
+    In the process that just ran the model, the same frames gave different x264 bytes from one process to the
+    next (decoded frames up to 11/255 apart) with one encoder thread, the same options and the same YUV input;
+    a process that only encodes gives the same bytes whatever ran before it or its environment, so clips are
+    reproducible to the bit (tests/models/test_reproducible.py). Costs one short process per clip.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".encode-") as tmp:
+        raw = Path(tmp) / "frames.npy"
+        np.save(raw, frames)
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"frames": str(raw), "out": str(path), "fps": fps, "crf": crf,
+                                   "provenance": provenance}), encoding="utf-8")
+        done = subprocess.run([sys.executable, "-m", "reelora.models.media", str(job)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise OSError(f"{path}: encoding the clip failed: {done.stderr.strip()[-2000:]}")
+
+
+def _encode(path: Path, frames: np.ndarray, fps: float, crf: int, provenance: dict | None) -> None:
+    import av
+    from fractions import Fraction
+
+    # movflags=use_metadata_tags lets mp4 carry our own tag names, not just the iTunes set.
+    with av.open(str(path), "w", format="mp4", options={"movflags": "use_metadata_tags"}) as container:
+        if provenance is not None:
+            text = json.dumps(provenance, sort_keys=True, separators=(",", ":"))
+            container.metadata[PROVENANCE_TAG] = text
+            container.metadata["comment"] = text
+            container.metadata["title"] = str(provenance.get("prompt", ""))[:200]
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        # x264's output depends on its thread count, which it otherwise takes from the CPUs this process may
+        # use (measured: auto, 1, 3 and 4 threads gave four different files), and a "threads" entry in
+        # stream.options is not honoured by PyAV: set on the codec context, as data/video.py's encode_clip does.
+        stream.options = {"crf": str(crf), "preset": "medium"}
+        stream.codec_context.thread_count = X264_THREADS
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 def read_mp4(path: str | Path) -> tuple[np.ndarray, dict]:
@@ -151,3 +179,8 @@ def contact_sheet(path: str | Path, clips: Sequence[tuple[str, np.ndarray]], fra
     path = Path(path)
     sheet.save(path)
     return path
+
+
+if __name__ == "__main__":  # the encoder process of _encode_in_child
+    _job = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    _encode(Path(_job["out"]), np.load(_job["frames"]), _job["fps"], _job["crf"], _job["provenance"])

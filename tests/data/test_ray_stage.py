@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 ARGS = ["--num-frames", "8", "--fps", "8", "--height", "32", "--width", "48", "--preset", "ultrafast",
+        "--scene-detector", "pyscenedetect",
         "--as-of", "2026-01-01"]
 
 
