@@ -24,7 +24,7 @@ import numpy as np
 
 from reelora.files import sha256_bytes
 from reelora.research.stats import (DEFAULT_LEVEL, difference_interval, mean_curve, mean_interval, pooled_std,
-                                    still_falling)
+                                    still_falling, t_quantile)
 from reelora.research.sweep import (add_training_arguments, add_uncertainty_arguments, default_train_script,
                                     launch_prefix, load_checked_config, run_settings, run_training, summarize_run,
                                     train_command, training_seeds)
@@ -342,7 +342,8 @@ def bootstrap_scaling(n: Sequence[float], groups: Sequence[Sequence[float]], ful
         n: training clips per fraction; groups: held-out losses of each fraction's seeds; full_n: the library.
 
     Returns:
-        {"draws", "level", "pooled_std", "df", "relative_gain": [low, high], "gain": [low, high],
+        {"draws", "level", "pooled_std", "df", "resolution" (relative half-width of one fraction's mean),
+         "relative_gain": [low, high], "gain": [low, high],
          "loss_at_2n": [low, high], "b": [low, high]}.
     """
     sd, df = pooled_std(groups)
@@ -363,7 +364,9 @@ def bootstrap_scaling(n: Sequence[float], groups: Sequence[Sequence[float]], ful
         v = v[np.isfinite(v)]
         return [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
 
-    return {"draws": int(len(Y)), "level": level, "pooled_std": sd, "df": df,
+    # how precisely one fraction's mean is known, relative to the loss: a gain finer than this cannot be ruled out
+    resolution = t_quantile(level, df) * sd / math.sqrt(k.min()) / float(means[-1])
+    return {"draws": int(len(Y)), "level": level, "pooled_std": sd, "df": df, "resolution": resolution,
             "relative_gain": interval((now - doubled) / now), "gain": interval(now - doubled),
             "loss_at_2n": interval(doubled), "b": interval(f["b"])}
 
@@ -433,7 +436,8 @@ def scaling_verdict(s: dict | None, gain_threshold: float, max_steps: int | None
     In order: no curve; runs too short (train loss still falling for the full library, or for most
     fractions); no noise estimate (one seed per fraction); then the doubling gain's interval against the
     threshold: wholly above it (and the measured smallest-to-largest drop beyond noise) -> MORE DATA HELPS,
-    wholly below -> ENOUGH, else within noise -> INCONCLUSIVE.
+    wholly below (and each fraction's mean known to better than the threshold, so the curve could have shown
+    such a gain) -> ENOUGH, else within noise -> INCONCLUSIVE.
     """
     reasons: list[str] = []
     if s is None or s.get("fit") is None:
@@ -479,6 +483,12 @@ def scaling_verdict(s: dict | None, gain_threshold: float, max_steps: int | None
         reasons.append(drop + (" (beyond noise)" if eff["significant"] else " (within noise)"))
     if lo > thr and (eff is None or eff["significant"] and eff["difference"] > 0):
         return "MORE DATA HELPS", f"{gain}, above the {thr:g}% threshold", reasons
+    res = 100 * boot["resolution"]
+    if hi < thr and res >= thr:
+        return ("INCONCLUSIVE", f"within noise: {gain}, but each fraction's mean held-out loss is only known to "
+                f"± {res:.2f}%, coarser than the {thr:g}% threshold, so a gain of that size cannot be ruled out. To "
+                f"decide: more seeds (the interval narrows as 1/sqrt(seeds)) or more held-out clips "
+                f"(validation.num_clips)", reasons)
     if hi < thr:
         budget = f" at this training budget ({max_steps} steps per run)" if max_steps else " at this training budget"
         return "ENOUGH", f"{gain}, below the {thr:g}% threshold{budget}", reasons

@@ -535,7 +535,9 @@ def plot_sample_grid(rows: list[tuple[str, list[np.ndarray] | None]], columns: l
             else:
                 f = np.asarray(clips[j])
                 idx = np.linspace(0, len(f) - 1, min(frames_per_cell, len(f))).round().astype(int)
-                ax.imshow(np.concatenate([f[k] for k in idx], axis=1), interpolation="nearest")
+                gap = np.full((f.shape[1], max(1, f.shape[2] // 16), 3), 255, np.uint8)  # white between frames
+                strip = [x for k in idx for x in (np.asarray(f[k], np.uint8), gap)][:-1]
+                ax.imshow(np.concatenate(strip, axis=1), interpolation="nearest")
             if i == 0:
                 ax.set_title(columns[j], fontsize=7)
             if j == 0:
