@@ -25,7 +25,7 @@ import numpy as np
 from reelora.files import sha256_bytes
 from reelora.research.stats import (DEFAULT_LEVEL, difference_interval, mean_curve, mean_interval, pooled_std,
                                     still_falling, t_quantile)
-from reelora.research.sweep import (add_training_arguments, add_uncertainty_arguments, default_train_script,
+from reelora.research.sweep import (add_training_arguments, add_uncertainty_arguments, check_level, default_train_script,
                                     launch_prefix, load_checked_config, run_settings, run_training, summarize_run,
                                     train_command, training_seeds)
 
@@ -566,6 +566,7 @@ def sample_adapter(cfg, adapter_dir: Path, prompts: list[str], out: Path, log=pr
 
 def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
     fractions = parse_fractions(args.fractions)
+    check_level(args.level)
     overrides = list(args.overrides)
     if args.config and not Path(args.config).is_file():
         raise FileNotFoundError(f"--config: {args.config} not found")
@@ -583,6 +584,7 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
     if not Path(script).is_file():
         raise FileNotFoundError(f"--train-script: {script} not found")
     prefix = launch_prefix(args.launch)
+    seeds = training_seeds(cfg.train.seed, args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -608,7 +610,6 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
     log(f"[sufficiency] {len(clips)} training clips in {len(set(c['title_id'] for c in clips))} titles, "
         f"{len(held)} held-out clips; subsets by {args.by}, seed {args.seed}")
 
-    seeds = training_seeds(cfg.train.seed, args.seeds)
     base_over = [o for o in overrides if not o.startswith("train.seed=")]
     runs = []
     for i, f in enumerate(fractions):
@@ -812,7 +813,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fractions", default="0.25,0.5,1.0", help="comma-separated fractions of the training set in (0, 1]")
     p.add_argument("--by", choices=("title", "clip"), default="title",
                    help="subset unit: whole titles (closer to 'fewer films') or single clips")
-    p.add_argument("--seed", type=int, default=0, help="seed for the subset order and the memorization prompts")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the subset order and the memorization prompts (the training seeds are --seeds)")
     p.add_argument("--heldout", default=None, metavar="DIR",
                    help="held-out shard directory (default: validation.shards from the config)")
     p.add_argument("--samples", type=int, default=8, help="adapter samples for the memorization check (0 skips it)")

@@ -307,6 +307,8 @@ def run_sweep(args: argparse.Namespace, log=print) -> dict:
         raise FileNotFoundError(f"--style-reference: {args.style_reference} not found")
     prefix = launch_prefix(args.launch)
     seeds = training_seeds(cfg.train.seed, args.seeds)
+    prompts = args.grid_prompt if args.grid_prompt is not None else list(cfg.validation.prompts)
+    grid_seeds = parse_seeds(args.grid_seeds)  # checked before hours of training, used after
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -340,8 +342,6 @@ def run_sweep(args: argparse.Namespace, log=print) -> dict:
     result["failed"] = [{"rank": r["rank"], "seed": r["seed"], "reason": r["reason"], "log": r["log"]}
                         for r in runs if r["status"] == "failed"]
     result["grid"] = None
-    prompts = args.grid_prompt if args.grid_prompt is not None else list(cfg.validation.prompts)
-    grid_seeds = parse_seeds(args.grid_seeds)
     if args.no_grid:
         log("[grid] skipped (--no-grid)")
     elif not prompts:
