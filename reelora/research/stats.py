@@ -103,6 +103,27 @@ def still_falling(curve: Sequence[Sequence[float]], level: float = DEFAULT_LEVEL
     return {"falling": falling, "drop": drop, "steps": [int(s[0]), int(s[-1])], "points": len(c)}
 
 
+def learned(curve: Sequence[Sequence[float]], level: float = DEFAULT_LEVEL, min_points: int = 12) -> dict:
+    """Did the training loss go down at all? First quarter of the (step, loss) curve against the last quarter.
+
+    "learned" when the Welch interval of (first - last) lies above zero. A run whose loss never fell
+    measurably taught its adapter nothing its held-out loss could show: comparing such runs compares noise
+    (the issue that made this check: 30-step runs whose held-out losses agreed to 4 digits at every size).
+
+    Returns:
+        {"learned": True/False/None (too few points), "first", "last" (quarter means), "drop" (relative)}.
+    """
+    y = [v for _, v in curve]
+    q = len(y) // 4
+    if len(y) < min_points or q < 3:
+        return {"learned": None, "first": None, "last": None, "drop": None}
+    first, last = y[:q], y[-q:]
+    d = difference_interval(first, last, level)
+    m = float(np.mean(first))
+    return {"learned": bool(d["low"] > 0), "first": m, "last": float(np.mean(last)),
+            "drop": (m - float(np.mean(last))) / abs(m) if m else 0.0}
+
+
 def mean_curve(curves: Sequence[Sequence[Sequence[float]]]) -> list[list[float]]:
     """Average (step, loss) curves of repeated runs over the steps they all logged."""
     if not curves:

@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from reelora.files import sha256_bytes
-from reelora.research.stats import (DEFAULT_LEVEL, difference_interval, mean_curve, mean_interval, pooled_std,
-                                    still_falling, t_quantile)
+from reelora.research.stats import (DEFAULT_LEVEL, difference_interval, learned, mean_curve, mean_interval,
+                                    pooled_std, still_falling, t_quantile)
 from reelora.research.sweep import (add_training_arguments, add_uncertainty_arguments, check_level, default_train_script,
                                     launch_prefix, load_checked_config, run_settings, run_training, summarize_run,
                                     train_command, training_seeds)
@@ -413,7 +413,10 @@ def scaling_summary(runs: Sequence[dict], full_n: int, level: float = DEFAULT_LE
     training = []
     for s in sizes:
         curve = mean_curve([r["train_curve"] for r in by[s] if r.get("train_curve")])
-        training.append({"num_clips": s, **still_falling(curve, level)})
+        progress = learned(curve, level)
+        training.append({"num_clips": s, **still_falling(curve, level), "learned": progress["learned"],
+                         "first_quarter": progress["first"], "last_quarter": progress["last"],
+                         "total_drop": progress["drop"]})
     out = {"n": sizes, "losses": [i["mean"] for i in intervals], "per_seed": groups, "intervals": intervals,
            "level": level, "training": training, "fit": None}
     if len(sizes) < 2:
@@ -434,7 +437,7 @@ def scaling_verdict(s: dict | None, gain_threshold: float, max_steps: int | None
     """MORE DATA HELPS / ENOUGH / INCONCLUSIVE from the scaling summary -> (label, sentence, reasons).
 
     In order: no curve; runs too short (train loss still falling for the full library, or for most
-    fractions); no noise estimate (one seed per fraction); then the doubling gain's interval against the
+    fractions; or not fallen measurably at any size: nothing learned); no noise estimate (one seed per fraction); then the doubling gain's interval against the
     threshold: wholly above it (and the measured smallest-to-largest drop beyond noise) -> MORE DATA HELPS,
     wholly below (and each fraction's mean known to better than the threshold, so the curve could have shown
     such a gain) -> ENOUGH, else within noise -> INCONCLUSIVE.
@@ -469,6 +472,14 @@ def scaling_verdict(s: dict | None, gain_threshold: float, max_steps: int | None
                 f"{len(s['training'])} fractions (down {100 * worst['drop']:.1f}% over steps {worst['steps'][0]}-"
                 f"{worst['steps'][1]} at {worst['num_clips']} clips), so held-out losses compare unfinished runs; "
                 f"{more} and rerun", reasons)
+    taught = [t for t in s["training"] if t["learned"] is not None]
+    if taught and not any(t["learned"] for t in taught):
+        t = taught[-1]
+        more = f"raise train.max_steps (e.g. to {4 * max_steps})" if max_steps else "raise train.max_steps (e.g. 4x)"
+        return ("INCONCLUSIVE", f"runs too short to learn: training loss did not fall measurably over the run at any "
+                f"size ({t['first_quarter']:.4f} in the first quarter of the steps, {t['last_quarter']:.4f} in the last, "
+                f"at {t['num_clips']} clips), so the adapters barely differ from the base and held-out differences are "
+                f"noise; {more} or optim.lr, and rerun", reasons)
     if boot is None:
         return ("INCONCLUSIVE", "no estimate of run-to-run noise (one seed per fraction), so no difference can be told "
                 "from noise; rerun with --seeds 3 or more (finished runs are reused)", reasons)
@@ -692,13 +703,15 @@ def render_markdown(r: dict) -> str:
           "(validation.num_clips; mean flow-matching loss at the validation timestep quantiles, fixed noise).", ""]
     s = r.get("scaling")
     if s:
-        L += [f"| clips | runs | held-out loss: mean | {lvl} interval | per seed | train loss still falling? |",
-              "|---|---|---|---|---|---|"]
+        L += [f"| clips | runs | held-out loss: mean | {lvl} interval | per seed | train loss: first → last quarter "
+              "| train loss still falling? |", "|---|---|---|---|---|---|---|"]
         for n, iv, per, tr in zip(s["n"], s["intervals"], s["per_seed"], s["training"]):
             ci = "— (one seed)" if iv["low"] is None else f"{iv['low']:.5f} – {iv['high']:.5f} (± {iv['half_width']:.5f})"
             fall = ("too few logged steps to tell" if tr["falling"] is None else
                     f"{'**yes**' if tr['falling'] else 'no'} ({100 * tr['drop']:+.1f}% over steps {tr['steps'][0]}–{tr['steps'][1]})")
-            L.append(f"| {n} | {iv['n']} | {iv['mean']:.5f} | {ci} | {', '.join(f'{v:.5f}' for v in per)} | {fall} |")
+            went = ("—" if tr.get("learned") is None else f"{tr['first_quarter']:.4f} → {tr['last_quarter']:.4f} "
+                    + ("(fell)" if tr["learned"] else "(**no measurable drop**)"))
+            L.append(f"| {n} | {iv['n']} | {iv['mean']:.5f} | {ci} | {', '.join(f'{v:.5f}' for v in per)} | {went} | {fall} |")
     if s and s.get("fit"):
         f, d = s["fit"], s["doubling"]
         L += ["", f"Fit on the means: {format_law(f, 5)} (rmse {f['rmse']:.3g})"

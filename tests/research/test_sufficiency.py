@@ -11,7 +11,7 @@ import pytest
 from reelora.cli import main
 from reelora.data.shards import ShardSet
 from reelora.research import sufficiency as suf
-from reelora.research.stats import difference_interval, mean_curve, mean_interval, still_falling
+from reelora.research.stats import difference_interval, learned, mean_curve, mean_interval, still_falling
 from tests.research.conftest import ROOT
 
 CONFIG = str(ROOT / "configs" / "tiny-wan.yaml")
@@ -184,11 +184,12 @@ TRUE_GAIN = float((law(200) - law(400)) / law(200))  # 3.63% from doubling 200 -
 
 def fake_runs(curve, rng, noise, seeds=3, sizes=SIZES, falling=False, steps=40):
     """What summarize_run reads from a fake trainer: held-out loss = curve(n) + N(0, noise) per seed, and a train
-    loss that has flattened (or, `falling`, still goes down as 1/step) with a little per-step noise."""
+    loss that fell and flattened (or, `falling`, still goes down as 1/step) with a little per-step noise."""
     runs = []
     for n in sizes:
         for s in range(seeds):
-            train = [[t, (2.0 / t if falling else 0.5) + rng.normal(0, 0.001)] for t in range(1, steps + 1)]
+            train = [[t, (2.0 / t if falling else 0.5 + 1.5 * np.exp(-t / 3)) + rng.normal(0, 0.001)]
+                     for t in range(1, steps + 1)]
             runs.append({"num_clips": n, "seed": s, "heldout_loss": float(curve(n) + rng.normal(0, noise)),
                          "train_curve": train})
     return runs
@@ -257,6 +258,17 @@ def test_undertrained_runs_give_inconclusive():
     assert all(t["falling"] for t in s["training"])
 
 
+def test_runs_that_learned_nothing_give_inconclusive():
+    # the issue's case: flat held-out loss at every size because the train loss never moved
+    rng = np.random.default_rng(10)
+    runs = fake_runs(lambda n: 1.4, rng, noise=0.0003)
+    for r in runs:
+        r["train_curve"] = [[t, 1.4 + rng.normal(0, 0.03)] for t in range(1, 31)]
+    s, (label, sentence, _) = judge(runs)
+    assert label == "INCONCLUSIVE" and sentence.startswith("runs too short to learn"), sentence
+    assert not any(t["learned"] for t in s["training"]) and "or optim.lr" in sentence
+
+
 def test_one_seed_gives_inconclusive_and_no_interval():
     rng = np.random.default_rng(6)
     s, (label, sentence, _) = judge(fake_runs(law, rng, noise=0.003, seeds=1))
@@ -272,6 +284,7 @@ def test_still_falling():
     r = still_falling(falling)
     assert r["falling"] is True and r["steps"] == [21, 40] and r["drop"] > 0.3
     assert still_falling(falling[:5])["falling"] is None
+    assert learned(falling)["learned"] is True and learned(flat)["learned"] is False and learned(flat[:8])["learned"] is None
     assert mean_curve([[[1, 1.0], [2, 3.0]], [[1, 3.0], [2, 5.0], [3, 1.0]]]) == [[1, 2.0], [2, 4.0]]
 
 
