@@ -21,32 +21,35 @@ def test_fake_runs_give_the_known_scaling_law(tmp_path, tiny_data, fake_train, c
     # the fake's held-out loss is 2 / n + 1 plus noise of sd 0.002 drawn from train.seed
     monkeypatch.setenv("FAKE_NOISE", "0.002")
     out = tmp_path / "suf"
-    rc = main(["sufficiency", "--config", CONFIG, "--fractions", "0.25,0.5,0.75,1", "--by", "clip", "--samples", "0",
+    rc = main(["sufficiency", "--config", CONFIG, "--fractions", "0.25,0.5,1", "--by", "clip", "--samples", "0",
                "--seeds", "2", "--train-script", str(fake_train), "--out", str(out), f"data.shards={tiny_data['train']}",
                f"validation.shards={tiny_data['heldout']}", "train.seed=5"])
     assert rc == 0, capsys.readouterr().out
     res = json.loads((out / "sufficiency.json").read_text())
-    assert [(r["num_clips"], r["seed"]) for r in res["runs"]] == [(2, 5), (2, 6), (4, 5), (4, 6), (6, 5), (6, 6), (8, 5), (8, 6)]
+    assert [(r["num_clips"], r["seed"]) for r in res["runs"]] == [(2, 5), (2, 6), (4, 5), (4, 6), (8, 5), (8, 6)]
     keys = [[c.key for c in ShardSet(r["subset"]).clips] for r in res["runs"][::2]]
     assert all(set(a) <= set(b) for a, b in zip(keys, keys[1:])) and len(keys[-1]) == 8  # nested
     # seeds differ only in train.seed (the subset and everything else are the same)
     a, b = ((out / "runs" / "frac-0.25" / f"seed-{s}" / "calls.txt").read_text().split() for s in (5, 6))
     assert [x for x in a if x not in b] == ["train.seed=5", f"train.output_dir={out / 'runs' / 'frac-0.25' / 'seed-5'}"]
     s = res["scaling"]
-    assert s["n"] == [2, 4, 6, 8] and [i["n"] for i in s["intervals"]] == [2, 2, 2, 2]
-    assert s["losses"] == pytest.approx([2.0, 1.5, 1.3333, 1.25], abs=0.005)
+    assert s["n"] == [2, 4, 8] and [i["n"] for i in s["intervals"]] == [2, 2, 2]
+    assert s["losses"] == pytest.approx([2.0, 1.5, 1.25], abs=0.005)
     # the fit finds the law within the noise; doubling 8 -> 16 gains 0.125 of 1.25 = 10%
-    assert (s["fit"]["a"], s["fit"]["b"], s["fit"]["c"]) == pytest.approx((2.0, 1.0, 1.0), rel=0.02)
+    assert (s["fit"]["a"], s["fit"]["b"], s["fit"]["c"]) == pytest.approx((2.0, 1.0, 1.0), rel=0.05)
     lo, hi = s["bootstrap"]["relative_gain"]
-    assert lo < 0.1 < hi and hi - lo < 0.02
-    assert s["backtest"]["fit_on"] == [2, 4, 6] and abs(s["backtest"]["relative_error"]) < 0.01
+    assert lo < 0.1 < hi and hi - lo < 0.03
+    # backtest, a known answer: a plain power law through (2, 2.0) and (4, 1.5) predicts 1.125 at 8, not 1.25
+    bt = s["backtest"]
+    assert bt["fit_on"] == [2, 4] and bt["predicted"] == pytest.approx(1.125, abs=0.01)
+    assert bt["relative_error"] == pytest.approx(-0.1, abs=0.01) and bt["within_noise"] is False
     assert res["verdict"].startswith("MORE DATA HELPS") and "(95% interval" in res["verdict"]
     assert res["memorization"] is None and res["heldout_overlap"] == 0 and res["heldout_clips_in_loss"] == 2
     dv = res["diversity"]
     assert dv["num_clips"] == 8 and dv["num_titles"] == 4 and dv["effective_titles"] == pytest.approx(4.0)
     assert 1.0 <= dv["effective_clips"] <= 8.0
     md = (out / "sufficiency.md").read_text()
-    assert "**MORE DATA HELPS" in md and "L(n) = 2" in md and "Backtest: fitted on n = 2, 4, 6 only" in md
+    assert "**MORE DATA HELPS" in md and "L(n) = 2" in md and "Backtest: fitted on n = 2, 4 only" in md
     assert "## Diversity" in md and "Not measured" in md and "How to read this" in md
     assert (out / "sufficiency.png").stat().st_size > 1000
     # calls see the subset, the held-out shards and their seed
@@ -216,9 +219,9 @@ def test_mean_and_difference_intervals_cover_at_their_nominal_rate():
 def test_doubling_gain_interval_covers_the_true_gain_at_about_its_nominal_rate():
     rng = np.random.default_rng(1)
     hits = []
-    for e in range(120):
+    for e in range(100):
         groups = [list(law(n) + rng.normal(0, 0.01, 3)) for n in SIZES]
-        lo, hi = suf.bootstrap_scaling(SIZES, groups, 200, draws=300, seed=e)["relative_gain"]
+        lo, hi = suf.bootstrap_scaling(SIZES, groups, 200, draws=200, seed=e)["relative_gain"]
         hits.append(lo <= TRUE_GAIN <= hi)
     assert 0.88 <= np.mean(hits) <= 0.99, np.mean(hits)
 

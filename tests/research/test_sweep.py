@@ -68,12 +68,12 @@ def test_fake_sweep_compares_ranks_and_reports_a_failed_one(tmp_path, fake_train
 def test_seeds_give_intervals_and_a_pick_only_beyond_noise(tmp_path, fake_train, monkeypatch, capsys):
     # held-out loss 1/rank + 0.5 + N(0, 0.01) per (seed, rank): ranks 2 and 4 differ by 0.25, 16 and 32 by 0.03
     monkeypatch.setenv("FAKE_NOISE", "0.01")
-    assert sweep(tmp_path, fake_train, "--ranks", "2,16,32", "--tolerance", "0.1", seeds="3") == 0
+    assert sweep(tmp_path, fake_train, "--ranks", "2,16,32", "--tolerance", "0.1", seeds="2") == 0
     res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
-    assert res["seeds"] == [0, 1, 2] and len(res["runs"]) == 9
+    assert res["seeds"] == [0, 1] and len(res["runs"]) == 6
     per = {r["rank"]: r for r in res["per_rank"]}
     for rank, r in per.items():
-        assert r["ok"] == 3 and r["heldout"]["low"] < 1 / rank + 0.5 < r["heldout"]["high"]
+        assert r["ok"] == 2 and r["heldout"]["low"] < 1 / rank + 0.5 < r["heldout"]["high"]
         assert r["peak_mem_gb"] == pytest.approx(0.1 * rank) and r["adapter_params"] == 32 * rank
     c = res["comparison"]
     assert c["noise_known"] and c["resolved"] and c["worse"] == [2]
