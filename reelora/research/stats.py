@@ -63,6 +63,40 @@ def difference_interval(a: Sequence[float], b: Sequence[float], level: float = D
             "significant": bool(d - half > 0 or d + half < 0)}
 
 
+def paired_difference_interval(a: dict[int, float], b: dict[int, float], level: float = DEFAULT_LEVEL) -> dict | None:
+    """mean(a[s] - b[s]) over the seeds s both have, with a t interval; None with fewer than two shared seeds.
+
+    Runs with the same train.seed share data order, noise draws and the validation noise, so most of the
+    seed-to-seed spread cancels in a per-seed difference: the paired interval is the honest (and narrower)
+    one for this design.
+    """
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        return None
+    d = np.array([a[s] - b[s] for s in common], np.float64)
+    iv = mean_interval(d, level)
+    return {"difference": iv["mean"], "half_width": iv["half_width"], "low": iv["low"], "high": iv["high"],
+            "df": float(len(d) - 1), "level": level, "paired": True, "seeds": common,
+            "significant": bool(iv["low"] > 0 or iv["high"] < 0)}
+
+
+def residual_std(table: Sequence[dict[int, float]]) -> tuple[float | None, int]:
+    """Run-to-run spread left after removing each seed's common offset (two-way additive fit: setting + seed).
+
+    `table` holds one {seed: loss} per setting. The seed offset moves every setting's loss alike (same
+    validation noise and data order), so it cannot change a difference between settings; what can is the
+    residual. Uses the seeds every setting has; falls back to the plain pooled spread when fewer than two are
+    shared. Returns (std, degrees of freedom).
+    """
+    common = sorted(set.intersection(*(set(t) for t in table))) if table else []
+    if len(common) < 2 or len(table) < 2:
+        return pooled_std([list(t.values()) for t in table])
+    y = np.array([[t[s] for s in common] for t in table], np.float64)  # [settings, seeds]
+    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    df = (y.shape[0] - 1) * (y.shape[1] - 1)
+    return float(np.sqrt((resid ** 2).sum() / df)), df
+
+
 def pooled_std(groups: Sequence[Sequence[float]]) -> tuple[float | None, int]:
     """Run-to-run standard deviation pooled over settings (same noise assumed at each) and its degrees of freedom."""
     ss, df = 0.0, 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from reelora.files import sha256_bytes
 from reelora.research.stats import (DEFAULT_LEVEL, difference_interval, learned, mean_curve, mean_interval,
-                                    pooled_std, still_falling, t_quantile)
+                                    paired_difference_interval, pooled_std, residual_std, still_falling, t_quantile)
 from reelora.research.sweep import (add_training_arguments, add_uncertainty_arguments, check_level, default_train_script,
                                     launch_prefix, load_checked_config, run_settings, run_training, summarize_run,
                                     train_command, training_seeds)
@@ -328,15 +328,17 @@ def format_law(fit: dict, digits: int = 4) -> str:
     return f"L(n) = {fit['a']:.{digits}g} · n^{exp}{c}"
 
 
-def bootstrap_scaling(n: Sequence[float], groups: Sequence[Sequence[float]], full_n: float,
+def bootstrap_scaling(n: Sequence[float], groups: Sequence[Sequence[float] | dict[int, float]], full_n: float,
                       level: float = DEFAULT_LEVEL, draws: int = 2000, seed: int = 0, grid: int = 64) -> dict | None:
     """Uncertainty of the fitted curve and of the doubling gain from run-to-run noise (a parametric bootstrap
     over seeds).
 
     Each draw redraws every fraction's mean loss as its measured mean plus noise of the size the seeds showed
-    (the spread pooled over fractions, itself redrawn from its chi-square law, so 3 seeds give t-wide and not
-    normal-wide intervals), refits the curve and predicts the doubling gain. Percentile intervals of those
-    predictions are returned. None when no fraction has two seeds (no noise estimate).
+    (itself redrawn from its chi-square law, so 3 seeds give t-wide and not normal-wide intervals), refits the
+    curve and predicts the doubling gain. Percentile intervals of those predictions are returned. With
+    {seed: loss} per fraction, the noise is what is left after each seed's common offset (which shifts the
+    whole curve and so leaves the gain alone; see stats.residual_std); with plain lists, the spread pooled
+    over fractions. None when no noise can be estimated (one seed everywhere).
 
     Args:
         n: training clips per fraction; groups: held-out losses of each fraction's seeds; full_n: the library.
@@ -346,7 +348,11 @@ def bootstrap_scaling(n: Sequence[float], groups: Sequence[Sequence[float]], ful
          "relative_gain": [low, high], "gain": [low, high],
          "loss_at_2n": [low, high], "b": [low, high]}.
     """
-    sd, df = pooled_std(groups)
+    if groups and isinstance(groups[0], dict):
+        sd, df = residual_std(groups)
+        groups = [list(g.values()) for g in groups]
+    else:
+        sd, df = pooled_std(groups)
     if sd is None:
         return None
     rng = np.random.default_rng(seed)
@@ -408,7 +414,8 @@ def scaling_summary(runs: Sequence[dict], full_n: int, level: float = DEFAULT_LE
     if not by:
         return None
     sizes = sorted(by)
-    groups = [[r["heldout_loss"] for r in by[s]] for s in sizes]
+    by_seed = [{r.get("seed", i): r["heldout_loss"] for i, r in enumerate(by[s])} for s in sizes]
+    groups = [list(g.values()) for g in by_seed]
     intervals = [mean_interval(g, level) for g in groups]
     training = []
     for s in sizes:
@@ -423,9 +430,10 @@ def scaling_summary(runs: Sequence[dict], full_n: int, level: float = DEFAULT_LE
         return out
     fit = fit_power_law(sizes, out["losses"])
     out.update(fit=fit, doubling=doubling_gain(fit, full_n),
-               bootstrap=bootstrap_scaling(sizes, groups, full_n, level, draws=draws, seed=seed),
+               bootstrap=bootstrap_scaling(sizes, by_seed, full_n, level, draws=draws, seed=seed),
                backtest=backtest(sizes, out["losses"], intervals[-1]),
-               effect=difference_interval(groups[0], groups[-1], level))
+               effect=(paired_difference_interval(by_seed[0], by_seed[-1], level)
+                       or difference_interval(groups[0], groups[-1], level)))
     return out
 
 
@@ -490,7 +498,7 @@ def scaling_verdict(s: dict | None, gain_threshold: float, max_steps: int | None
     drop = ""
     if eff is not None:
         drop = (f"the measured drop from {s['n'][0]} to {s['n'][-1]} clips is {eff['difference']:+.4f} "
-                f"± {eff['half_width']:.4f}")
+                f"± {eff['half_width']:.4f}" + (" (paired by seed)" if eff.get("paired") else ""))
         reasons.append(drop + (" (beyond noise)" if eff["significant"] else " (within noise)"))
     if lo > thr and (eff is None or eff["significant"] and eff["difference"] > 0):
         return "MORE DATA HELPS", f"{gain}, above the {thr:g}% threshold", reasons
@@ -708,7 +716,8 @@ def render_markdown(r: dict) -> str:
         for n, iv, per, tr in zip(s["n"], s["intervals"], s["per_seed"], s["training"]):
             ci = "— (one seed)" if iv["low"] is None else f"{iv['low']:.5f} – {iv['high']:.5f} (± {iv['half_width']:.5f})"
             fall = ("too few logged steps to tell" if tr["falling"] is None else
-                    f"{'**yes**' if tr['falling'] else 'no'} ({100 * tr['drop']:+.1f}% over steps {tr['steps'][0]}–{tr['steps'][1]})")
+                    f"{'**yes**' if tr['falling'] else 'no'} ({'fell' if tr['drop'] >= 0 else 'rose'} "
+                    f"{abs(100 * tr['drop']):.1f}% over steps {tr['steps'][0]}–{tr['steps'][1]})")
             went = ("—" if tr.get("learned") is None else f"{tr['first_quarter']:.4f} → {tr['last_quarter']:.4f} "
                     + ("(fell)" if tr["learned"] else "(**no measurable drop**)"))
             L.append(f"| {n} | {iv['n']} | {iv['mean']:.5f} | {ci} | {', '.join(f'{v:.5f}' for v in per)} | {went} | {fall} |")
@@ -726,7 +735,8 @@ def render_markdown(r: dict) -> str:
             lo, hi = bs["relative_gain"]
             L.append(f"Doubling gain, {lvl} interval: {100 * lo:.2f}% to {100 * hi:.2f}% (loss at 2n {bs['loss_at_2n'][0]:.5f} – "
                      f"{bs['loss_at_2n'][1]:.5f}; {bs['draws']} bootstrap draws of the fraction means with the seeds' "
-                     f"pooled spread {bs['pooled_std']:.5f}, {bs['df']} degrees of freedom). Threshold: {100 * r['gain_threshold']:g}%.")
+                     f"spread {bs['pooled_std']:.5f} once each seed's common offset is removed, {bs['df']} degrees of "
+                     f"freedom). Threshold: {100 * r['gain_threshold']:g}%.")
         bt = s.get("backtest")
         if bt:
             L.append(f"Backtest: fitted on n = {', '.join(f'{v:g}' for v in bt['fit_on'])} only, the curve predicts "

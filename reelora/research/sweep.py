@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from reelora.models.lora import DIFFUSERS_FILE
-from reelora.research.stats import difference_interval, mean_interval
+from reelora.research.stats import difference_interval, mean_interval, paired_difference_interval
 
 ADAPTER_FILE = f"adapter/{DIFFUSERS_FILE}"
 METRICS_FILE = "logs/metrics.jsonl"
@@ -374,7 +374,7 @@ def rank_summary(rank: int, runs: list[dict], level: float) -> dict:
     """One rank's seeds -> mean held-out loss and its interval, and the run facts that do not vary with seed."""
     ok = [r for r in runs if r["status"] != "failed" and r.get("heldout_loss") is not None]
     out = {"rank": rank, "alpha": runs[0]["alpha"] if runs else None, "runs": len(runs), "ok": len(ok),
-           "losses": [r["heldout_loss"] for r in ok], "heldout": None, "quantiles": {}, "final_train_loss": None,
+           "losses": [r["heldout_loss"] for r in ok], "by_seed": {r["seed"]: r["heldout_loss"] for r in ok}, "heldout": None, "quantiles": {}, "final_train_loss": None,
            "steps": None, "step_time_s": None, "peak_mem_gb": None, "adapter_params": None, "adapter_bytes": None,
            "adapter": None}
     if not ok:
@@ -398,7 +398,8 @@ def rank_summary(rank: int, runs: list[dict], level: float) -> dict:
 def compare_ranks(per_rank: list[dict], tolerance: float, level: float) -> dict:
     """Which ranks the held-out loss can tell apart, and the smallest one worth taking.
 
-    best: lowest mean. Every other rank's difference to it gets a Welch interval: "worse" when it excludes 0,
+    best: lowest mean. Every other rank's difference to it gets an interval (paired by train.seed when the
+    two ranks share at least two seeds, else Welch): "worse" when it excludes 0,
     "tied" when it does not (the difference is within run-to-run noise). The pick ("smallest rank within
     `tolerance` of the best") is claimed only when the sweep resolved something, i.e. some rank is worse
     beyond noise; it is the smallest rank that is tied with the best or worse by less than `tolerance` of it.
@@ -424,7 +425,9 @@ def compare_ranks(per_rank: list[dict], tolerance: float, level: float) -> dict:
     for r in ok:
         if r is best:
             continue
-        d = difference_interval(r["losses"], best["losses"], level)
+        # same train.seed = same data order, noise and validation noise: compare seed by seed when possible
+        d = (paired_difference_interval(r.get("by_seed", {}), best.get("by_seed", {}), level)
+             or difference_interval(r["losses"], best["losses"], level))
         out["differences"][r["rank"]] = d
         (out["worse"] if d["significant"] and d["difference"] > 0 else out["tied"]).append(r["rank"])
     tied = sorted(out["tied"] + [best["rank"]])
@@ -595,9 +598,11 @@ def render_markdown(result: dict) -> str:
             cells.append(_fmt(styles.get(f"rank {r['rank']}"), ".3f"))
         lines.append("| " + " | ".join(cells) + " |")
     if cmp["differences"]:
-        lines += ["", f"Difference to rank {cmp['best']} ({lvl} Welch interval over seeds): "
-                  + "; ".join(f"rank {k}: {d['difference']:+.5f} ({d['low']:+.5f} to {d['high']:+.5f})"
-                              for k, d in sorted(cmp["differences"].items()))]
+        lines += ["", f"Difference to rank {cmp['best']} ({lvl} interval; paired by train.seed where both ranks have "
+                  "the seed, else Welch): "
+                  + "; ".join(f"rank {k}: {d['difference']:+.5f} ({d['low']:+.5f} to {d['high']:+.5f}"
+                              f"{', paired' if d.get('paired') else ''})"
+                              for k, d in sorted(cmp["differences"].items(), key=lambda kv: int(kv[0])))]
     if result["failed"]:
         lines += ["", "## Failed runs", ""]
         for f in result["failed"]:
@@ -618,7 +623,7 @@ def render_markdown(result: dict) -> str:
     lines += ["", f"Held-out loss: mean flow-matching loss at the validation timestep quantiles (fixed noise) at the "
               f"last validation, averaged over seeds; lower is better. The {lvl} interval (Student-t over seeds) covers "
               "the mean of endless reruns with that probability; two ranks differ only when the interval of their "
-              "difference excludes 0. Peak memory: CUDA allocated, or the process's peak RSS on CPU (largest over seeds). "
+              "difference (seed by seed: the same train.seed shares data order and noise) excludes 0. Peak memory: CUDA allocated, or the process's peak RSS on CPU (largest over seeds). "
               "Step time: median seconds per optimizer step (first step excluded).",
               "Loss curves: `sweep.png`.", ""]
     return "\n".join(lines)

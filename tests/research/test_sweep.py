@@ -77,11 +77,11 @@ def test_seeds_give_intervals_and_a_pick_only_beyond_noise(tmp_path, fake_train,
         assert r["peak_mem_gb"] == pytest.approx(0.1 * rank) and r["adapter_params"] == 32 * rank
     c = res["comparison"]
     assert c["noise_known"] and c["resolved"] and c["worse"] == [2]
-    assert c["differences"]["2"]["low"] > 0.3  # JSON keys are strings
+    assert c["differences"]["2"]["low"] > 0.3 and c["differences"]["2"]["paired"]  # JSON keys are strings
     # 16 is within 10% of the best (32 or 16, within noise of each other): the smallest such rank
     assert c["pick"] == 16 and set(c["tied"]) | {16} >= {16, 32}
     md = (tmp_path / "sw" / "sweep.md").read_text()
-    assert "Smallest rank within 10% of the best: rank 16" in md and "95% Welch interval over seeds" in md
+    assert "Smallest rank within 10% of the best: rank 16" in md and "paired by train.seed" in md
     # seeds differ only in train.seed
     a, b = ((tmp_path / "sw" / "rank-16" / f"seed-{s}" / "calls.txt").read_text().split() for s in (0, 1))
     assert sorted(x for x in a if x not in b) == ["train.output_dir=" + str(tmp_path / "sw" / "rank-16" / "seed-0"),
@@ -103,6 +103,15 @@ def test_compare_ranks_claims_nothing_within_noise():
                              0.01, 0.95)
     assert clear["resolved"] and clear["best"] == 8 and 2 in clear["worse"] and clear["pick"] == 4
     assert sw.compare_ranks([rank(4, [1.0])], 0.01, 0.95)["message"].startswith("only rank 4")
+    # a seed's offset (validation noise, data order) is shared by every rank: paired by seed, a steady 0.02 gap
+    # is beyond noise even though the seeds spread by 0.05 (an unpaired comparison would call them tied)
+    offsets = {0: 0.05, 1: -0.04, 2: 0.0}
+    paired = [{**rank(r, [base + o + e for o, e in zip(offsets.values(), jitter)]),
+               "by_seed": {s: base + o + e for (s, o), e in zip(offsets.items(), jitter)}}
+              for r, base, jitter in ((2, 1.02, (0.001, -0.001, 0.0)), (8, 1.0, (0.0, 0.001, -0.001)))]
+    c = sw.compare_ranks(paired, 0.01, 0.95)
+    assert c["worse"] == [2] and c["differences"][2]["paired"] and c["pick"] == 8
+    assert not sw.difference_interval(paired[0]["losses"], paired[1]["losses"])["significant"]
 
 
 def test_plot_sample_grid_rows_and_columns(tmp_path):
