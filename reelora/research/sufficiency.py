@@ -745,8 +745,10 @@ def render_markdown(r: dict) -> str:
                      + ("" if bt["measured_half_width"] is None else
                         f", the measured mean's own interval is ± {bt['measured_half_width']:.5f}") + ".")
     L += ["", f"How to read this: the {lvl} interval of a mean covers the loss an endless number of seeds would "
-          "average with that probability; two settings differ only when the interval of their difference excludes 0. "
-          "The doubling gain's interval comes from refitting the curve to means redrawn within that noise. The "
+          "average with that probability; two sizes differ only when the interval of their difference excludes 0 "
+          "(taken seed by seed: runs with the same train.seed share data order and validation noise, an offset that "
+          "moves every size alike). The doubling gain's interval comes from refitting the curve to means redrawn "
+          "within the noise that is left. The "
           "backtest error is how far the same kind of fit missed a size it had not seen: expect an extrapolation to "
           "2n to miss by at least that much."]
     if r["heldout_overlap"]:
