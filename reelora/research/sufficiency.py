@@ -344,7 +344,8 @@ def bootstrap_scaling(n: Sequence[float], groups: Sequence[Sequence[float] | dic
         n: training clips per fraction; groups: held-out losses of each fraction's seeds; full_n: the library.
 
     Returns:
-        {"draws", "level", "pooled_std", "df", "resolution" (relative half-width of one fraction's mean),
+        {"draws", "level", "pooled_std" (the spread used), "df", "resolution" (relative half-width of one
+         fraction's mean),
          "relative_gain": [low, high], "gain": [low, high],
          "loss_at_2n": [low, high], "b": [low, high]}.
     """
@@ -370,7 +371,8 @@ def bootstrap_scaling(n: Sequence[float], groups: Sequence[Sequence[float] | dic
         v = v[np.isfinite(v)]
         return [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
 
-    # how precisely one fraction's mean is known, relative to the loss: a gain finer than this cannot be ruled out
+    # how precisely one fraction's mean is known (beyond the seeds' shared offsets), relative to the loss: a gain
+    # finer than this cannot be ruled out
     resolution = t_quantile(level, df) * sd / math.sqrt(k.min()) / float(means[-1])
     return {"draws": int(len(Y)), "level": level, "pooled_std": sd, "df": df, "resolution": resolution,
             "relative_gain": interval((now - doubled) / now), "gain": interval(now - doubled),
@@ -445,8 +447,8 @@ def scaling_verdict(s: dict | None, gain_threshold: float, max_steps: int | None
     """MORE DATA HELPS / ENOUGH / INCONCLUSIVE from the scaling summary -> (label, sentence, reasons).
 
     In order: no curve; runs too short (train loss still falling for the full library, or for most
-    fractions; or not fallen measurably at any size: nothing learned); no noise estimate (one seed per fraction); then the doubling gain's interval against the
-    threshold: wholly above it (and the measured smallest-to-largest drop beyond noise) -> MORE DATA HELPS,
+    fractions; or not fallen measurably at any size: nothing learned); no noise estimate (one seed per
+    fraction); then the doubling gain's interval against the threshold: wholly above it (and the measured smallest-to-largest drop beyond noise) -> MORE DATA HELPS,
     wholly below (and each fraction's mean known to better than the threshold, so the curve could have shown
     such a gain) -> ENOUGH, else within noise -> INCONCLUSIVE.
     """
@@ -469,6 +471,11 @@ def scaling_verdict(s: dict | None, gain_threshold: float, max_steps: int | None
             reasons.append("the backtest missed by more than the predicted doubling gain: treat the extrapolation as rough")
     elif len(s["n"]) < 3:
         reasons.append("no backtest: it needs three fractions (fit on two, predict the third)")
+    drop = ""
+    if eff is not None:
+        drop = (f"the measured drop from {s['n'][0]} to {s['n'][-1]} clips is {eff['difference']:+.4f} "
+                f"± {eff['half_width']:.4f}" + (" (paired by seed)" if eff.get("paired") else ""))
+        reasons.append(drop + (" (beyond noise)" if eff["significant"] else " (within noise)"))
 
     judged = [t for t in s["training"] if t["falling"] is not None]
     falling = [t for t in judged if t["falling"]]
@@ -495,16 +502,11 @@ def scaling_verdict(s: dict | None, gain_threshold: float, max_steps: int | None
     lvl = f"{100 * s['level']:g}%"
     gain = (f"doubling the library is predicted to lower held-out loss by {pct:.2f}% ({lvl} interval {lo:.2f}% to "
             f"{hi:.2f}%; {d['loss_at_n']:.4f} -> {d['loss_at_2n']:.4f})")
-    drop = ""
-    if eff is not None:
-        drop = (f"the measured drop from {s['n'][0]} to {s['n'][-1]} clips is {eff['difference']:+.4f} "
-                f"± {eff['half_width']:.4f}" + (" (paired by seed)" if eff.get("paired") else ""))
-        reasons.append(drop + (" (beyond noise)" if eff["significant"] else " (within noise)"))
     if lo > thr and (eff is None or eff["significant"] and eff["difference"] > 0):
         return "MORE DATA HELPS", f"{gain}, above the {thr:g}% threshold", reasons
     res = 100 * boot["resolution"]
     if hi < thr and res >= thr:
-        return ("INCONCLUSIVE", f"within noise: {gain}, but each fraction's mean held-out loss is only known to "
+        return ("INCONCLUSIVE", f"within noise: {gain}, but the differences between fractions are only known to "
                 f"± {res:.2f}%, coarser than the {thr:g}% threshold, so a gain of that size cannot be ruled out. To "
                 f"decide: more seeds (the interval narrows as 1/sqrt(seeds)) or more held-out clips "
                 f"(validation.num_clips)", reasons)
