@@ -173,7 +173,7 @@ def test_real_sweep_on_tiny_wan(tmp_path, tiny_data, capsys):
     rc = main(["sweep", "--config", CONFIG, "--ranks", "1,4", "--seeds", "1", "--out", str(tmp_path / "sw"),
                "--grid-prompt", "exp style, a red room", "--grid-seeds", "3", "--style-reference", str(tiny_data["heldout"]),
                f"data.shards={tiny_data['train']}", f"validation.shards={tiny_data['heldout']}", "train.max_steps=2",
-               "train.checkpoint_every=0", "validation.prompts=[]", "log.progress_bar=false"])
+               "train.checkpoint_every=0", "validation.prompts=[]", "validation.sample.steps=1", "log.progress_bar=false"])
     assert rc == 0, capsys.readouterr().out
     res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     r1, r4 = res["runs"]
@@ -190,7 +190,8 @@ def test_real_sweep_on_tiny_wan(tmp_path, tiny_data, capsys):
     assert all(row["error"] is None and row["style_distance"] > 0 for row in g["rows"])
     assert [Path(row["files"][0]).relative_to(tmp_path / "sw").as_posix() for row in g["rows"]] == [
         "grid/base/p0-seed3.mp4", "grid/rank-1/p0-seed3.mp4", "grid/rank-4/p0-seed3.mp4"]
-    assert json.loads(Path(g["rows"][2]["files"][0]).with_suffix(".json").read_text())["seed"] == 3
+    prov = json.loads(Path(g["rows"][2]["files"][0]).with_suffix(".json").read_text())
+    assert prov["seed"] == 3 and prov["steps"] == 1 and "rank-4/seed-0/adapter" in prov["adapters"][0]["path"]
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert "![sample grid](sample_grid.png)" in md and "| style distance |" in md and "| 4" in md
     assert (tmp_path / "sw" / "sample_grid.png").stat().st_size > 1000 and (tmp_path / "sw" / "sweep.png").is_file()
