@@ -23,8 +23,11 @@ from typing import Sequence
 import numpy as np
 
 from reelora.files import sha256_bytes
-from reelora.research.sweep import (add_training_arguments, default_train_script, launch_prefix,
-                                    load_checked_config, run_settings, run_training, summarize_run, train_command)
+from reelora.research.stats import (DEFAULT_LEVEL, difference_interval, learned, mean_curve, mean_interval,
+                                    paired_difference_interval, pooled_std, residual_std, still_falling, t_quantile)
+from reelora.research.sweep import (add_training_arguments, add_uncertainty_arguments, check_level, default_train_script,
+                                    launch_prefix, load_checked_config, run_settings, run_training, summarize_run,
+                                    train_command, training_seeds)
 
 FEATURE_FRAMES = 4  # frames kept per clip for the thumbnail features
 FEATURE_SIZE = 8  # thumbnail side (area means over an 8x8 grid)
@@ -34,13 +37,64 @@ FEATURE_SIZE = 8  # thumbnail side (area means over an 8x8 grid)
 # Scaling law
 
 
-def fit_power_law(n: Sequence[float], loss: Sequence[float], grid: int = 2001) -> dict:
-    """Least-squares fit of L(n) = a * n**-b + c with 0 <= c < min(L).
+def fit_power_law_batch(n: Sequence[float], losses, grid: int = 256, refine: int = 80,
+                        fix_c: bool | None = None) -> dict[str, np.ndarray]:
+    """Least-squares fits of L(n) = a * n**-b + c with 0 <= c < min(L), one per row of `losses` [B, k].
 
-    For a fixed c the model is linear in log space (log(L - c) = log a - b log n), so c is searched: a
-    grid over [0, min L), then a golden-section refinement around the best grid point; a and b come from
-    the log-space least squares at that c, the error is measured on L itself. With fewer than three
-    distinct n, c cannot be identified and is fixed at 0 (a plain power law).
+    For a fixed c the model is linear in log space (log(L - c) = log a - b log n), so c is searched: a grid
+    over [0, min L) per row, then a golden-section refinement around each row's best grid point; a and b come
+    from the log-space least squares at that c, the error is measured on L itself. Vectorised over rows so a
+    bootstrap of thousands of curves takes milliseconds. With fewer than three distinct n (or fix_c), c cannot
+    be identified and is fixed at 0 (a plain power law).
+
+    Returns:
+        {"a", "b", "c", "sse"}: arrays of length B; "c_fixed": bool.
+    """
+    n = np.asarray(n, np.float64)
+    Y = np.atleast_2d(np.asarray(losses, np.float64))
+    x = -np.log(n)
+    xc = x - x.mean()
+    sxx = float((xc ** 2).sum())
+
+    def solve(c: np.ndarray):  # c [B, G] -> a, b, sse [B, G]
+        z = np.log(Y[:, None, :] - c[..., None])
+        zm = z.mean(-1)
+        b = ((z - zm[..., None]) * xc).sum(-1) / sxx
+        log_a = zm - b * x.mean()
+        pred = np.exp(log_a[..., None] + b[..., None] * x) + c[..., None]
+        return np.exp(log_a), b, ((pred - Y[:, None, :]) ** 2).sum(-1)
+
+    c_fixed = bool(fix_c) if fix_c is not None else len(np.unique(n)) < 3
+    if c_fixed:
+        a, b, sse = solve(np.zeros((len(Y), 1)))
+        return {"a": a[:, 0], "b": b[:, 0], "c": np.zeros(len(Y)), "sse": sse[:, 0], "c_fixed": True}
+    hi = Y.min(axis=1, keepdims=True) * (1 - 1e-9)
+    u = np.linspace(0.0, 1.0, grid)[None, :]
+    _, _, sses = solve(hi * u)
+    i = np.argmin(sses, axis=1)
+    rows = np.arange(len(Y))
+    lo_c = (hi[:, 0] * u[0, np.maximum(i - 1, 0)])[:, None]
+    hi_c = (hi[:, 0] * u[0, np.minimum(i + 1, grid - 1)])[:, None]
+    g = (math.sqrt(5) - 1) / 2
+    x1, x2 = hi_c - g * (hi_c - lo_c), lo_c + g * (hi_c - lo_c)
+    f1, f2 = solve(x1)[2], solve(x2)[2]
+    for _ in range(refine):  # golden section on every row at once
+        left = f1 < f2
+        hi_c = np.where(left, x2, hi_c)
+        lo_c = np.where(left, lo_c, x1)
+        nx1 = hi_c - g * (hi_c - lo_c)
+        nx2 = lo_c + g * (hi_c - lo_c)
+        x1, x2 = np.where(left, nx1, x2), np.where(left, x1, nx2)
+        f_new = solve(np.where(left, x1, x2))[2]
+        f1, f2 = np.where(left, f_new, f2), np.where(left, f1, f_new)
+    cands = np.stack([hi[:, 0] * u[0, i], x1[:, 0], x2[:, 0]], axis=1)
+    best = cands[rows, np.argmin(np.stack([sses[rows, i], f1[:, 0], f2[:, 0]], axis=1), axis=1)]
+    a, b, sse = solve(best[:, None])
+    return {"a": a[:, 0], "b": b[:, 0], "c": best, "sse": sse[:, 0], "c_fixed": False}
+
+
+def fit_power_law(n: Sequence[float], loss: Sequence[float], grid: int = 2001) -> dict:
+    """One least-squares fit of L(n) = a * n**-b + c with 0 <= c < min(L) (see fit_power_law_batch).
 
     Returns:
         {"a", "b", "c", "rmse", "c_fixed": bool}.
@@ -54,50 +108,13 @@ def fit_power_law(n: Sequence[float], loss: Sequence[float], grid: int = 2001) -
         raise ValueError(f"fit_power_law: need at least two (n, loss) pairs of equal length, got {len(n)} and {len(y)}")
     if np.any(n <= 0) or not np.all(np.isfinite(y)) or np.any(y <= 0):
         raise ValueError(f"fit_power_law: n must be > 0 and losses finite and > 0 (n={n.tolist()}, loss={y.tolist()})")
-    logn = np.log(n)
-
-    def solve(c: float) -> tuple[float, float, float]:
-        X = np.stack([np.ones_like(logn), -logn], axis=1)
-        (log_a, b), *_ = np.linalg.lstsq(X, np.log(y - c), rcond=None)
-        pred = np.exp(log_a) * n ** -b + c
-        return float(np.exp(log_a)), float(b), float(np.sum((pred - y) ** 2))
-
-    if len(np.unique(n)) < 3:
-        a, b, sse = solve(0.0)
-        return {"a": a, "b": b, "c": 0.0, "rmse": math.sqrt(sse / len(n)), "c_fixed": True}
-    hi = float(y.min()) * (1 - 1e-9)
-    cs = np.linspace(0.0, hi, grid)
-    sses = np.array([solve(c)[2] for c in cs])
-    i = int(np.argmin(sses))
-    lo_c, hi_c = cs[max(i - 1, 0)], cs[min(i + 1, grid - 1)]
-    g = (math.sqrt(5) - 1) / 2  # golden section on [lo_c, hi_c]
-    x1, x2 = hi_c - g * (hi_c - lo_c), lo_c + g * (hi_c - lo_c)
-    f1, f2 = solve(x1)[2], solve(x2)[2]
-    for _ in range(200):
-        if hi_c - lo_c <= 1e-14 * max(hi, 1e-300):
-            break
-        if f1 < f2:
-            hi_c, x2, f2 = x2, x1, f1
-            x1 = hi_c - g * (hi_c - lo_c)
-            f1 = solve(x1)[2]
-        else:
-            lo_c, x1, f1 = x1, x2, f2
-            x2 = lo_c + g * (hi_c - lo_c)
-            f2 = solve(x2)[2]
-    best_c = min([(sses[i], cs[i]), (f1, x1), (f2, x2)])[1]
-    a, b, sse = solve(float(best_c))
-    return {"a": a, "b": b, "c": float(best_c), "rmse": math.sqrt(sse / len(n)), "c_fixed": False}
+    f = fit_power_law_batch(n, y[None], grid=grid, refine=200)
+    return {"a": float(f["a"][0]), "b": float(f["b"][0]), "c": float(f["c"][0]),
+            "rmse": math.sqrt(float(f["sse"][0]) / len(n)), "c_fixed": f["c_fixed"]}
 
 
 def power_law(n, fit: dict):
     return fit["a"] * np.asarray(n, np.float64) ** -fit["b"] + fit["c"]
-
-
-def doubling_gain(fit: dict, n: float) -> dict:
-    """Predicted held-out loss at n and 2n, the absolute and relative drop, and the room left above c."""
-    now, doubled = float(power_law(n, fit)), float(power_law(2 * n, fit))
-    return {"n": n, "loss_at_n": now, "loss_at_2n": doubled, "gain": now - doubled,
-            "relative_gain": (now - doubled) / now if now else 0.0, "gap_to_asymptote": now - fit["c"]}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,32 +307,223 @@ def memorization(samples: np.ndarray, train: np.ndarray, heldout: np.ndarray, th
             "min_nn_train": float(nn_train.min())}
 
 
+def doubling_gain(fit: dict, n: float) -> dict:
+    """Predicted held-out loss at n and 2n, the absolute and relative drop, and the room left above c.
+
+    The gap to the asymptote is None when c was not fitted (fixed at 0: fewer than three sizes) or sits at its
+    lower bound 0 (the points show no floor): then "gap" would just repeat the prediction.
+    """
+    now, doubled = float(power_law(n, fit)), float(power_law(2 * n, fit))
+    floor_known = not fit.get("c_fixed") and fit["c"] > 1e-9 * max(now, 1e-300)
+    return {"n": n, "loss_at_n": now, "loss_at_2n": doubled, "gain": now - doubled,
+            "relative_gain": (now - doubled) / now if now else 0.0,
+            "gap_to_asymptote": now - fit["c"] if floor_known else None}
+
+
+def format_law(fit: dict, digits: int = 4) -> str:
+    """'L(n) = 2 · n^-0.5 + 1': one sign on the exponent (a rising curve reads n^+0.0001)."""
+    b = fit["b"]
+    exp = f"-{b:.{digits}g}" if b >= 0 else f"+{-b:.{digits}g}"
+    c = "" if fit.get("c_fixed") else f" + {fit['c']:.{digits}g}"
+    return f"L(n) = {fit['a']:.{digits}g} · n^{exp}{c}"
+
+
+def bootstrap_scaling(n: Sequence[float], groups: Sequence[Sequence[float] | dict[int, float]], full_n: float,
+                      level: float = DEFAULT_LEVEL, draws: int = 2000, seed: int = 0, grid: int = 64) -> dict | None:
+    """Uncertainty of the fitted curve and of the doubling gain from run-to-run noise (a parametric bootstrap
+    over seeds).
+
+    Each draw redraws every fraction's mean loss as its measured mean plus noise of the size the seeds showed
+    (itself redrawn from its chi-square law, so 3 seeds give t-wide and not normal-wide intervals), refits the
+    curve and predicts the doubling gain. Percentile intervals of those predictions are returned. With
+    {seed: loss} per fraction, the noise is what is left after each seed's common offset (which shifts the
+    whole curve and so leaves the gain alone; see stats.residual_std); with plain lists, the spread pooled
+    over fractions. None when no noise can be estimated (one seed everywhere).
+
+    Args:
+        n: training clips per fraction; groups: held-out losses of each fraction's seeds; full_n: the library.
+
+    Returns:
+        {"draws", "level", "pooled_std" (the spread used), "df", "resolution" (relative half-width of one
+         fraction's mean),
+         "relative_gain": [low, high], "gain": [low, high],
+         "loss_at_2n": [low, high], "b": [low, high]}.
+    """
+    if groups and isinstance(groups[0], dict):
+        sd, df = residual_std(groups)
+        groups = [list(g.values()) for g in groups]
+    else:
+        sd, df = pooled_std(groups)
+    if sd is None:
+        return None
+    rng = np.random.default_rng(seed)
+    means = np.array([np.mean(g) for g in groups])
+    k = np.array([len(g) for g in groups], np.float64)
+    sigma = sd * np.sqrt(df / rng.chisquare(df, draws))
+    Y = means[None, :] + rng.standard_normal((draws, len(means))) * sigma[:, None] / np.sqrt(k)[None, :]
+    Y = Y[np.all(Y > 0, axis=1)]  # a loss cannot be negative: drop the (rare) impossible draws
+    f = fit_power_law_batch(n, Y, grid=grid, refine=60)
+    now = f["a"] * full_n ** -f["b"] + f["c"]
+    doubled = f["a"] * (2 * full_n) ** -f["b"] + f["c"]
+    tail = 100 * (1 - level) / 2
+
+    def interval(v):
+        v = v[np.isfinite(v)]
+        return [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+
+    # how precisely one fraction's mean is known (beyond the seeds' shared offsets), relative to the loss: a gain
+    # finer than this cannot be ruled out
+    resolution = t_quantile(level, df) * sd / math.sqrt(k.min()) / float(means[-1])
+    return {"draws": int(len(Y)), "level": level, "pooled_std": sd, "df": df, "resolution": resolution,
+            "relative_gain": interval((now - doubled) / now), "gain": interval(now - doubled),
+            "loss_at_2n": interval(doubled), "b": interval(f["b"])}
+
+
+def backtest(n: Sequence[float], losses: Sequence[float], interval: dict | None = None) -> dict | None:
+    """Fit on every size but the largest and predict the largest: how far the extrapolation can be trusted.
+
+    Needs three sizes (two to fit, one to predict). `interval` (the largest size's mean_interval) tells
+    whether the miss is within the run-to-run noise of the measured value.
+
+    Returns:
+        {"fit_on", "predict_n", "predicted", "measured", "error" (predicted - measured), "relative_error",
+         "measured_half_width", "within_noise"}.
+    """
+    order = np.argsort(n)
+    n, y = np.asarray(n, np.float64)[order], np.asarray(losses, np.float64)[order]
+    if len(np.unique(n)) < 3:
+        return None
+    fit = fit_power_law(n[:-1], y[:-1])
+    pred = float(power_law(n[-1], fit))
+    err = pred - float(y[-1])
+    half = interval["half_width"] if interval else None
+    return {"fit_on": n[:-1].tolist(), "predict_n": float(n[-1]), "fit": fit, "predicted": pred,
+            "measured": float(y[-1]), "error": err, "relative_error": err / float(y[-1]),
+            "measured_half_width": half, "within_noise": None if half is None else bool(abs(err) <= half)}
+
+
+def scaling_summary(runs: Sequence[dict], full_n: int, level: float = DEFAULT_LEVEL, seed: int = 0,
+                    draws: int = 2000) -> dict | None:
+    """Everything the verdict reads from the finished runs: per-fraction means and intervals, the fit on the
+    means, its bootstrap, the backtest, the smallest-vs-largest difference and whether training had finished.
+
+    Args:
+        runs: {"fraction", "num_clips", "seed", "heldout_loss", "train_curve"} per finished run.
+    """
+    by: dict[int, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["num_clips"], []).append(r)
+    if not by:
+        return None
+    sizes = sorted(by)
+    by_seed = [{r.get("seed", i): r["heldout_loss"] for i, r in enumerate(by[s])} for s in sizes]
+    groups = [list(g.values()) for g in by_seed]
+    intervals = [mean_interval(g, level) for g in groups]
+    training = []
+    for s in sizes:
+        curve = mean_curve([r["train_curve"] for r in by[s] if r.get("train_curve")])
+        progress = learned(curve, level)
+        training.append({"num_clips": s, **still_falling(curve, level), "learned": progress["learned"],
+                         "first_quarter": progress["first"], "last_quarter": progress["last"],
+                         "total_drop": progress["drop"]})
+    out = {"n": sizes, "losses": [i["mean"] for i in intervals], "per_seed": groups, "intervals": intervals,
+           "level": level, "training": training, "fit": None}
+    if len(sizes) < 2:
+        return out
+    fit = fit_power_law(sizes, out["losses"])
+    out.update(fit=fit, doubling=doubling_gain(fit, full_n),
+               bootstrap=bootstrap_scaling(sizes, by_seed, full_n, level, draws=draws, seed=seed),
+               backtest=backtest(sizes, out["losses"], intervals[-1]),
+               effect=(paired_difference_interval(by_seed[0], by_seed[-1], level)
+                       or difference_interval(groups[0], groups[-1], level)))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Verdict
 
 
-def verdict(scaling: dict | None, div: dict | None, mem: dict | None, gain_threshold: float) -> tuple[str, list[str]]:
+def scaling_verdict(s: dict | None, gain_threshold: float, max_steps: int | None = None) -> tuple[str, str, list[str]]:
+    """MORE DATA HELPS / ENOUGH / INCONCLUSIVE from the scaling summary -> (label, sentence, reasons).
+
+    In order: no curve; runs too short (train loss still falling for the full library, or for most
+    fractions; or not fallen measurably at any size: nothing learned); no noise estimate (one seed per
+    fraction); then the doubling gain's interval against the threshold: wholly above it (and the measured smallest-to-largest drop beyond noise) -> MORE DATA HELPS,
+    wholly below (and each fraction's mean known to better than the threshold, so the curve could have shown
+    such a gain) -> ENOUGH, else within noise -> INCONCLUSIVE.
+    """
+    reasons: list[str] = []
+    if s is None or s.get("fit") is None:
+        return "INCONCLUSIVE", "fewer than two fractions trained successfully, so there is no scaling curve", reasons
+    fit, d, boot, eff = s["fit"], s["doubling"], s.get("bootstrap"), s.get("effect")
+    pct = 100 * d["relative_gain"]
+    thr = 100 * gain_threshold
+    reasons.append(f"fit {format_law(fit)} (rmse {fit['rmse']:.2e}"
+                   f"{'; c fixed at 0: fewer than 3 sizes' if fit['c_fixed'] else ''}) over {len(s['n'])} fractions")
+    bt = s.get("backtest")
+    if bt is not None:
+        reasons.append(f"backtest: fitted without the largest fraction, the curve predicts {bt['predicted']:.4f} at "
+                       f"n = {bt['predict_n']:g}; measured {bt['measured']:.4f} (error {100 * bt['relative_error']:+.2f}%"
+                       + ("" if bt["within_noise"] is None else
+                          ", within the measured interval" if bt["within_noise"] else ", outside the measured interval")
+                       + ")")
+        if abs(bt["error"]) > abs(d["gain"]):
+            reasons.append("the backtest missed by more than the predicted doubling gain: treat the extrapolation as rough")
+    elif len(s["n"]) < 3:
+        reasons.append("no backtest: it needs three fractions (fit on two, predict the third)")
+    drop = ""
+    if eff is not None:
+        drop = (f"the measured drop from {s['n'][0]} to {s['n'][-1]} clips is {eff['difference']:+.4f} "
+                f"± {eff['half_width']:.4f}" + (" (paired by seed)" if eff.get("paired") else ""))
+        reasons.append(drop + (" (beyond noise)" if eff["significant"] else " (within noise)"))
+
+    judged = [t for t in s["training"] if t["falling"] is not None]
+    falling = [t for t in judged if t["falling"]]
+    full = s["training"][-1]
+    if full["falling"] or (judged and len(falling) > len(judged) / 2):
+        worst = max(falling, key=lambda t: t["drop"])
+        more = f"raise train.max_steps (e.g. to {4 * max_steps})" if max_steps else "raise train.max_steps (e.g. 4x)"
+        return ("INCONCLUSIVE", f"runs too short: training loss was still falling at the end in {len(falling)} of "
+                f"{len(s['training'])} fractions (down {100 * worst['drop']:.1f}% over steps {worst['steps'][0]}-"
+                f"{worst['steps'][1]} at {worst['num_clips']} clips), so held-out losses compare unfinished runs; "
+                f"{more} and rerun", reasons)
+    taught = [t for t in s["training"] if t["learned"] is not None]
+    if taught and not any(t["learned"] for t in taught):
+        t = taught[-1]
+        more = f"raise train.max_steps (e.g. to {4 * max_steps})" if max_steps else "raise train.max_steps (e.g. 4x)"
+        return ("INCONCLUSIVE", f"runs too short to learn: training loss did not fall measurably over the run at any "
+                f"size ({t['first_quarter']:.4f} in the first quarter of the steps, {t['last_quarter']:.4f} in the last, "
+                f"at {t['num_clips']} clips), so the adapters barely differ from the base and held-out differences are "
+                f"noise; {more} or optim.lr, and rerun", reasons)
+    if boot is None:
+        return ("INCONCLUSIVE", "no estimate of run-to-run noise (one seed per fraction), so no difference can be told "
+                "from noise; rerun with --seeds 3 or more (finished runs are reused)", reasons)
+    lo, hi = (100 * v for v in boot["relative_gain"])
+    lvl = f"{100 * s['level']:g}%"
+    gain = (f"doubling the library is predicted to lower held-out loss by {pct:.2f}% ({lvl} interval {lo:.2f}% to "
+            f"{hi:.2f}%; {d['loss_at_n']:.4f} -> {d['loss_at_2n']:.4f})")
+    if lo > thr and (eff is None or eff["significant"] and eff["difference"] > 0):
+        return "MORE DATA HELPS", f"{gain}, above the {thr:g}% threshold", reasons
+    res = 100 * boot["resolution"]
+    if hi < thr and res >= thr:
+        return ("INCONCLUSIVE", f"within noise: {gain}, but the differences between fractions are only known to "
+                f"± {res:.2f}%, coarser than the {thr:g}% threshold, so a gain of that size cannot be ruled out. To "
+                f"decide: more seeds (the interval narrows as 1/sqrt(seeds)) or more held-out clips "
+                f"(validation.num_clips)", reasons)
+    if hi < thr:
+        budget = f" at this training budget ({max_steps} steps per run)" if max_steps else " at this training budget"
+        return "ENOUGH", f"{gain}, below the {thr:g}% threshold{budget}", reasons
+    why = (f"the interval straddles the {thr:g}% threshold" if lo <= thr
+           else f"{drop}, within run-to-run noise, so the predicted gain rests on noise")
+    return ("INCONCLUSIVE", f"within noise: {gain}; {why}. To decide: more seeds (the interval narrows as "
+            "1/sqrt(seeds)), longer runs, or fractions spanning a wider range", reasons)
+
+
+def verdict(scaling: dict | None, div: dict | None, mem: dict | None, gain_threshold: float,
+            max_steps: int | None = None) -> tuple[str, list[str]]:
     """A one-line answer to 'is our library enough?' and the reasons behind it."""
-    reasons = []
-    if scaling is None or scaling.get("fit") is None:
-        answer = "INCONCLUSIVE: fewer than two fractions trained successfully, so there is no scaling curve"
-    else:
-        d, fit, losses = scaling["doubling"], scaling["fit"], scaling["losses"]
-        pct = 100 * d["relative_gain"]
-        if fit["b"] <= 0 or losses[-1] >= losses[0]:
-            answer = ("ENOUGH for this training budget: held-out loss did not fall with more data "
-                      f"({losses[0]:.4f} at {scaling['n'][0]} clips -> {losses[-1]:.4f} at {scaling['n'][-1]}); "
-                      "check the runs are long enough to tell")
-        elif d["relative_gain"] < gain_threshold:
-            answer = (f"ENOUGH: doubling the library is predicted to lower held-out loss by only {pct:.1f}% "
-                      f"({d['loss_at_n']:.4f} -> {d['loss_at_2n']:.4f}; threshold {100 * gain_threshold:g}%)")
-        else:
-            answer = (f"NOT ENOUGH: doubling the library is predicted to lower held-out loss by {pct:.1f}% "
-                      f"({d['loss_at_n']:.4f} -> {d['loss_at_2n']:.4f}; threshold {100 * gain_threshold:g}%)")
-        reasons.append(f"fit L(n) = {fit['a']:.4g} n^-{fit['b']:.4g} + {fit['c']:.4g} (rmse {fit['rmse']:.2e}"
-                       f"{', c fixed at 0: fewer than 3 sizes' if fit['c_fixed'] else ''}) over {len(losses)} fractions")
-        if len(losses) < 4:
-            reasons.append(f"only {len(losses)} points for a 3-parameter curve: treat the extrapolation as rough")
+    label, sentence, reasons = scaling_verdict(scaling, gain_threshold, max_steps)
+    answer = f"{label}: {sentence}"
     if div is not None:
         reasons.append(f"diversity: {div['num_clips']} clips from {div['num_titles']} titles "
                        f"(effective titles {div['effective_titles']:.1f}), effective distinct clips "
@@ -379,6 +587,7 @@ def sample_adapter(cfg, adapter_dir: Path, prompts: list[str], out: Path, log=pr
 
 def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
     fractions = parse_fractions(args.fractions)
+    check_level(args.level)
     overrides = list(args.overrides)
     if args.config and not Path(args.config).is_file():
         raise FileNotFoundError(f"--config: {args.config} not found")
@@ -396,6 +605,7 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
     if not Path(script).is_file():
         raise FileNotFoundError(f"--train-script: {script} not found")
     prefix = launch_prefix(args.launch)
+    seeds = training_seeds(cfg.train.seed, args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -421,40 +631,38 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
     log(f"[sufficiency] {len(clips)} training clips in {len(set(c['title_id'] for c in clips))} titles, "
         f"{len(held)} held-out clips; subsets by {args.by}, seed {args.seed}")
 
+    base_over = [o for o in overrides if not o.startswith("train.seed=")]
     runs = []
     for i, f in enumerate(fractions):
         chosen = set(subsets[f])
         keys = [c["key"] for c, u in zip(clips, units) if u in chosen]
         name = f"frac-{f:g}"
-        sub_dir, run_dir = out / "subsets" / name, out / "runs" / name
+        sub_dir = out / "subsets" / name
         write_subset(cfg.data.shards, sub_dir, keys)
-        run_over = overrides + [f"data.shards={sub_dir}", f"validation.shards={heldout}", f"train.output_dir={run_dir}"]
-        if not cfg.validation.every:
-            run_over.append(f"validation.every={cfg.train.max_steps}")
-        if "train.resume" not in {o.split("=", 1)[0] for o in overrides}:
-            run_over.append("train.resume=latest")
-        label = f"fraction {f:g}: {len(keys)} clips" + (f", {len(chosen)} titles" if args.by == "title" else "") + f" ({i + 1}/{len(fractions)})"
-        status = run_training(train_command(prefix, script, args.config, run_over), run_dir, label, log,
-                              timeout=args.timeout, settings=run_settings(args.config, run_over))
-        entry = {"fraction": f, "num_clips": len(keys), "num_units": len(chosen), "subset": str(sub_dir),
-                 "output_dir": str(run_dir), **status}
-        if status["status"] != "failed":
-            s = summarize_run(run_dir)
-            entry.update({k: s[k] for k in ("heldout_loss", "heldout_quantiles", "final_train_loss", "steps", "step_time_s")})
-            entry["train_curve"] = s["train_curve"]
-            if s["heldout_loss"] is not None:
-                log(f"[{label}] held-out loss {s['heldout_loss']:.5f}")
-        runs.append(entry)
+        for j, seed in enumerate(seeds):
+            run_dir = out / "runs" / name / f"seed-{seed}"
+            run_over = base_over + [f"data.shards={sub_dir}", f"validation.shards={heldout}", f"train.seed={seed}",
+                                    f"train.output_dir={run_dir}"]
+            if not cfg.validation.every:
+                run_over.append(f"validation.every={cfg.train.max_steps}")
+            if "train.resume" not in {o.split("=", 1)[0] for o in overrides}:
+                run_over.append("train.resume=latest")
+            label = (f"fraction {f:g}: {len(keys)} clips" + (f", {len(chosen)} titles" if args.by == "title" else "")
+                     + f", seed {seed} ({i * len(seeds) + j + 1}/{len(fractions) * len(seeds)})")
+            status = run_training(train_command(prefix, script, args.config, run_over), run_dir, label, log,
+                                  timeout=args.timeout, settings=run_settings(args.config, run_over))
+            entry = {"fraction": f, "seed": seed, "num_clips": len(keys), "num_units": len(chosen), "subset": str(sub_dir),
+                     "output_dir": str(run_dir), **status}
+            if status["status"] != "failed":
+                s = summarize_run(run_dir)
+                entry.update({k: s[k] for k in ("heldout_loss", "heldout_quantiles", "final_train_loss", "steps",
+                                                "step_time_s", "train_curve")})
+                if s["heldout_loss"] is not None:
+                    log(f"[{label}] held-out loss {s['heldout_loss']:.5f}")
+            runs.append(entry)
 
     ok = [r for r in runs if r["status"] != "failed" and r.get("heldout_loss") is not None]
-    scaling = None
-    if len({r["num_clips"] for r in ok}) >= 2:
-        n = [r["num_clips"] for r in ok]
-        losses = [r["heldout_loss"] for r in ok]
-        fit = fit_power_law(n, losses)
-        scaling = {"n": n, "losses": losses, "fit": fit, "doubling": doubling_gain(fit, len(clips))}
-    elif ok:
-        scaling = {"n": [r["num_clips"] for r in ok], "losses": [r["heldout_loss"] for r in ok], "fit": None}
+    scaling = scaling_summary(ok, len(clips), args.level, seed=args.seed)
 
     log("[diversity] reading training clips")
     train_keys, train_metas, train_feats, train_stats = summarize_clips(cfg.data.shards)
@@ -478,13 +686,14 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
         mem["adapter"] = str(Path(full["output_dir"]) / "adapter")
         mem["prompts"] = prompts
 
-    answer, reasons = verdict(scaling if scaling and scaling.get("fit") else None, div, mem, args.gain_threshold)
+    answer, reasons = verdict(scaling, div, mem, args.gain_threshold, cfg.train.max_steps)
     result = {"config": args.config, "overrides": overrides, "heldout": str(heldout), "by": args.by, "seed": args.seed,
-              "fractions": fractions, "num_training_clips": len(clips), "num_heldout_clips": len(held),
+              "seeds": seeds, "level": args.level, "gain_threshold": args.gain_threshold,
+              "max_steps": cfg.train.max_steps, "fractions": fractions, "num_training_clips": len(clips), "num_heldout_clips": len(held),
               "heldout_clips_in_loss": used_held,
               "heldout_overlap": len(leaked), "runs": runs, "scaling": scaling, "diversity": div,
               "memorization": mem, "verdict": answer, "reasons": reasons,
-              "failed": [{"fraction": r["fraction"], "reason": r["reason"], "log": r["log"]} for r in runs if r["status"] == "failed"]}
+              "failed": [{"fraction": r["fraction"], "seed": r["seed"], "reason": r["reason"], "log": r["log"]} for r in runs if r["status"] == "failed"]}
     (out / "sufficiency.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "sufficiency.md").write_text(render_markdown(result))
     plot_scaling(result, out / "sufficiency.png")
@@ -496,23 +705,54 @@ def run_sufficiency(args: argparse.Namespace, log=print) -> dict:
 def render_markdown(r: dict) -> str:
     L = ["# Is our library enough?", "", f"**{r['verdict']}**", ""]
     L += [f"- {x}" for x in r["reasons"]]
+    lvl = f"{100 * r['level']:g}%"
     L += ["", "## Scaling curve", "",
           f"Nested subsets of the {r['num_training_clips']} training clips by {r['by']} (seed {r['seed']}), every run "
-          f"with the same config and steps; held-out loss on {r['heldout_clips_in_loss']} of the {r['num_heldout_clips']} "
-          f"clips of `{r['heldout']}` (validation.num_clips) "
-          "(mean flow-matching loss at the validation timestep quantiles, fixed noise).", "",
-          "| fraction | clips | " + r["by"] + "s | status | held-out loss | final train loss | log |", "|---|---|---|---|---|---|---|"]
-    for x in r["runs"]:
-        hl = "—" if x.get("heldout_loss") is None else f"{x['heldout_loss']:.5f}"
-        tl = "—" if x.get("final_train_loss") is None else f"{x['final_train_loss']:.5f}"
-        st = x["status"] + (f": {x['reason']}" if x["status"] == "failed" else "")
-        L.append(f"| {x['fraction']:g} | {x['num_clips']} | {x['num_units']} | {st} | {hl} | {tl} | `{x['log']}` |")
+          f"with the same config and steps ({r['max_steps']}), repeated with train.seed {', '.join(map(str, r['seeds']))}; "
+          f"held-out loss on {r['heldout_clips_in_loss']} of the {r['num_heldout_clips']} clips of `{r['heldout']}` "
+          "(validation.num_clips; mean flow-matching loss at the validation timestep quantiles, fixed noise).", ""]
     s = r.get("scaling")
+    if s:
+        L += [f"| clips | runs | held-out loss: mean | {lvl} interval | per seed | train loss: first → last quarter "
+              "| train loss still falling? |", "|---|---|---|---|---|---|---|"]
+        for n, iv, per, tr in zip(s["n"], s["intervals"], s["per_seed"], s["training"]):
+            ci = "— (one seed)" if iv["low"] is None else f"{iv['low']:.5f} – {iv['high']:.5f} (± {iv['half_width']:.5f})"
+            fall = ("too few logged steps to tell" if tr["falling"] is None else
+                    f"{'**yes**' if tr['falling'] else 'no'} ({'fell' if tr['drop'] >= 0 else 'rose'} "
+                    f"{abs(100 * tr['drop']):.1f}% over steps {tr['steps'][0]}–{tr['steps'][1]})")
+            went = ("—" if tr.get("learned") is None else f"{tr['first_quarter']:.4f} → {tr['last_quarter']:.4f} "
+                    + ("(fell)" if tr["learned"] else "(**no measurable drop**)"))
+            L.append(f"| {n} | {iv['n']} | {iv['mean']:.5f} | {ci} | {', '.join(f'{v:.5f}' for v in per)} | {went} | {fall} |")
     if s and s.get("fit"):
         f, d = s["fit"], s["doubling"]
-        L += ["", f"Fit: L(n) = {f['a']:.5g} · n^-{f['b']:.5g} + {f['c']:.5g} (rmse {f['rmse']:.3g}).",
+        L += ["", f"Fit on the means: {format_law(f, 5)} (rmse {f['rmse']:.3g})"
+              + ("; c fixed at 0: fewer than 3 sizes, so the curve has no floor and over-predicts gains." if f["c_fixed"] else "."),
               f"At the full library (n = {d['n']}): predicted {d['loss_at_n']:.5f}; at 2n: {d['loss_at_2n']:.5f} "
-              f"(gain {d['gain']:.5f}, {100 * d['relative_gain']:.2f}%); gap to the asymptote c: {d['gap_to_asymptote']:.5f}."]
+              f"(gain {d['gain']:.5f}, {100 * d['relative_gain']:.2f}%); "
+              + (f"gap to the asymptote c: {d['gap_to_asymptote']:.5f}." if d["gap_to_asymptote"] is not None else
+                 "the asymptote c is not identified (" + ("fixed at 0" if f["c_fixed"] else "fitted at its bound 0: "
+                 "the points show no floor") + "), so there is no gap to report.")]
+        bs = s.get("bootstrap")
+        if bs:
+            lo, hi = bs["relative_gain"]
+            L.append(f"Doubling gain, {lvl} interval: {100 * lo:.2f}% to {100 * hi:.2f}% (loss at 2n {bs['loss_at_2n'][0]:.5f} – "
+                     f"{bs['loss_at_2n'][1]:.5f}; {bs['draws']} bootstrap draws of the fraction means with the seeds' "
+                     f"spread {bs['pooled_std']:.5f} once each seed's common offset is removed, {bs['df']} degrees of "
+                     f"freedom). Threshold: {100 * r['gain_threshold']:g}%.")
+        bt = s.get("backtest")
+        if bt:
+            L.append(f"Backtest: fitted on n = {', '.join(f'{v:g}' for v in bt['fit_on'])} only, the curve predicts "
+                     f"{bt['predicted']:.5f} at n = {bt['predict_n']:g}; measured {bt['measured']:.5f}: error "
+                     f"{bt['error']:+.5f} ({100 * bt['relative_error']:+.2f}%)"
+                     + ("" if bt["measured_half_width"] is None else
+                        f", the measured mean's own interval is ± {bt['measured_half_width']:.5f}") + ".")
+    L += ["", f"How to read this: the {lvl} interval of a mean covers the loss an endless number of seeds would "
+          "average with that probability; two sizes differ only when the interval of their difference excludes 0 "
+          "(taken seed by seed: runs with the same train.seed share data order and validation noise, an offset that "
+          "moves every size alike). The doubling gain's interval comes from refitting the curve to means redrawn "
+          "within the noise that is left. The "
+          "backtest error is how far the same kind of fit missed a size it had not seen: expect an extrapolation to "
+          "2n to miss by at least that much."]
     if r["heldout_overlap"]:
         L += ["", f"**Warning:** {r['heldout_overlap']} held-out clips are also in the training shards."]
     dv = r["diversity"]
@@ -549,14 +789,23 @@ def plot_scaling(r: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     s = r.get("scaling")
     if s:
-        ax.plot(s["n"], s["losses"], "o", label="held-out loss")
+        for n, per in zip(s["n"], s["per_seed"]):
+            ax.plot([n] * len(per), per, ".", color="lightgray")
+        err = [[0 if iv["low"] is None else iv["mean"] - iv["low"] for iv in s["intervals"]],
+               [0 if iv["high"] is None else iv["high"] - iv["mean"] for iv in s["intervals"]]]
+        ax.errorbar(s["n"], s["losses"], yerr=err, fmt="o", capsize=3,
+                    label=f"held-out loss (mean, {100 * r['level']:g}% interval)")
         if s.get("fit"):
             full = r["num_training_clips"]
             xs = np.geomspace(min(s["n"]), 2 * full, 100)
             ax.plot(xs, power_law(xs, s["fit"]), "-", label="fit a·n^-b + c")
-            ax.axhline(s["fit"]["c"], ls=":", color="gray", label="asymptote c")
+            if s["doubling"]["gap_to_asymptote"] is not None:
+                ax.axhline(s["fit"]["c"], ls=":", color="gray", label="asymptote c")
             ax.axvline(full, ls="--", color="gray", lw=0.8)
             ax.plot([2 * full], [s["doubling"]["loss_at_2n"]], "x", color="red", label="predicted at 2x data")
+            if s.get("bootstrap"):
+                lo, hi = s["bootstrap"]["loss_at_2n"]
+                ax.plot([2 * full, 2 * full], [lo, hi], "-", color="red", lw=2, alpha=0.5)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -582,21 +831,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "style spread, titles, effective number of distinct clips) and memorization (nearest-neighbour distance of "
         "adapter samples to training vs held-out clips). Writes OUT/sufficiency.json, OUT/sufficiency.md (verdict and "
         "numbers), OUT/sufficiency.png (scaling curve), OUT/subsets/, OUT/runs/ and OUT/samples/. Rerunning skips "
-        "finished fractions. Every fraction trains with the same config (same train.max_steps).",
+        "finished runs. Every fraction trains with the same config (same train.max_steps), --seeds times. "
+        "The verdict is MORE DATA HELPS, ENOUGH or INCONCLUSIVE (and why: noise, runs too short, one seed); a "
+        "backtest (fit without the largest fraction, predict it) says how far the extrapolation can be trusted. "
+        "Cost: fractions x seeds training runs (9 with the defaults).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--fractions", default="0.25,0.5,1.0", help="comma-separated fractions of the training set in (0, 1]")
     p.add_argument("--by", choices=("title", "clip"), default="title",
                    help="subset unit: whole titles (closer to 'fewer films') or single clips")
-    p.add_argument("--seed", type=int, default=0, help="seed for the subset order and the memorization prompts")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the subset order and the memorization prompts (the training seeds are --seeds)")
     p.add_argument("--heldout", default=None, metavar="DIR",
                    help="held-out shard directory (default: validation.shards from the config)")
     p.add_argument("--samples", type=int, default=8, help="adapter samples for the memorization check (0 skips it)")
     p.add_argument("--gain-threshold", type=float, default=0.02,
-                   help="verdict 'enough' when doubling the data is predicted to lower held-out loss by less than this fraction")
+                   help="the gain worth more data, as a fraction of held-out loss: MORE DATA HELPS when the whole "
+                   "interval of the predicted gain from doubling the library lies above it, ENOUGH when it lies below, "
+                   "INCONCLUSIVE when it straddles it (or the runs were too short, or one seed gives no noise estimate)")
     p.add_argument("--memorization-threshold", type=float, default=0.7,
                    help="flag memorization when the train/held-out nearest-neighbour distance ratio is below this")
     p.add_argument("--sigma", type=float, default=10.0,
                    help="similarity bandwidth in Lab units for the effective number of distinct clips")
+    add_uncertainty_arguments(p)
     add_training_arguments(p)
     p.set_defaults(func=_cmd)

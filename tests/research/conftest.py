@@ -58,6 +58,11 @@ from safetensors.numpy import save_file
 
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
 rank, out = int(args.get("lora.rank", 4)), Path(args["train.output_dir"])
+seed = int(args.get("train.seed", 0))
+noise = float(os.environ.get("FAKE_NOISE", "0"))  # held-out noise sd: what --seeds must average out
+index = Path(args.get("data.shards", "")) / "index.json"
+num = json.loads(index.read_text())["num_samples"] if index.is_file() else 0
+draw = noise * np.random.default_rng([seed, rank, num]).standard_normal()
 fail = os.environ.get("FAKE_FAIL_RANK")
 calls = out / "calls.txt"
 out.mkdir(parents=True, exist_ok=True)
@@ -71,11 +76,12 @@ steps = int(args.get("train.max_steps", 3))
 (out / "logs").mkdir(exist_ok=True)
 with open(out / "logs" / "metrics.jsonl", "a") as f:
     for s in range(1, steps + 1):
-        f.write(json.dumps({"step": s, "train/loss": 1.0 / (s * rank), "train/step_time": 0.01 * rank,
-                            "train/peak_mem_gb": 0.1}) + "\n")
-    index = Path(args.get("data.shards", "")) / "index.json"
+        # converged after step 3 unless FAKE_FALLING (an undertrained run: train loss still going down)
+        t = s if os.environ.get("FAKE_FALLING") else min(s, 3)
+        f.write(json.dumps({"step": s, "train/loss": 1.0 / (t * rank), "train/step_time": 0.01 * rank,
+                            "train/peak_mem_gb": 0.1 * rank}) + "\n")
     # sweep: loss falls with rank; sufficiency: an exact power law in the number of clips, L = 2 / n + 1
-    val = 1.0 + 2.0 / json.loads(index.read_text())["num_samples"] if index.is_file() else 1.0 / rank + 0.5
+    val = (1.0 + 2.0 / num if num else 1.0 / rank + 0.5) + draw
     f.write(json.dumps({"step": steps, "val/loss_q0.1": val - 0.1, "val/loss_q0.9": val + 0.1, "val/loss": val}) + "\n")
 (out / "adapter").mkdir(exist_ok=True)
 save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": np.zeros((rank, 16), np.float32),
