@@ -7,4 +7,4 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
-exec python -m pytest -q "$@"
+exec python -m pytest -q --durations=25 "$@"
