@@ -83,26 +83,11 @@ class LTXSpec:
         _record_ratios(c)
         return c
 
-    def _stats(self, vae, ref):
-        mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(ref.device, ref.dtype)
-        std = vae.latents_std.view(1, -1, 1, 1, 1).to(ref.device, ref.dtype)
-        return mean, std, float(vae.config.scaling_factor)
-
-    @torch.no_grad()
     def encode_video(self, comps, video, generator=None):
-        vae = comps.vae
-        x = video.permute(0, 2, 1, 3, 4).to(device=vae.device, dtype=vae.dtype)
-        dist = vae.encode(x).latent_dist
-        z = dist.sample(generator) if generator is not None else dist.mode()
-        mean, std, scale = self._stats(vae, z)
-        return (z - mean) * scale / std  # same as LTXPipeline._normalize_latents
+        return encode_normalized(comps.vae, video, generator)
 
-    @torch.no_grad()
     def decode_latents(self, comps, latents):
-        vae = comps.vae
-        mean, std, scale = self._stats(vae, latents)
-        x = vae.decode(latents.to(vae.dtype) * std / scale + mean, return_dict=False)[0]
-        return x.clamp(-1, 1).permute(0, 2, 1, 3, 4)
+        return decode_normalized(comps.vae, latents)
 
     @torch.no_grad()
     def encode_prompt(self, comps, prompts):
@@ -164,3 +149,27 @@ def _record_ratios(c: Components) -> None:
         st = cfg.get("spatio_temporal_scaling", (True, True, True, False))
         patch, patch_t = cfg.get("patch_size", 4), cfg.get("patch_size_t", 1)
         c.extra["vae_ratios"] = (patch_t * 2 ** sum(st), patch * 2 ** sum(st))
+
+
+def _latent_stats(vae, ref):
+    mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(ref.device, ref.dtype)
+    std = vae.latents_std.view(1, -1, 1, 1, 1).to(ref.device, ref.dtype)
+    return mean, std, float(vae.config.scaling_factor)
+
+
+@torch.no_grad()
+def encode_normalized(vae, video, generator=None):
+    """Video [B, F, 3, H, W] in [-1, 1] -> normalized latents, as LTXPipeline / LTX2Pipeline._normalize_latents."""
+    x = video.permute(0, 2, 1, 3, 4).to(device=vae.device, dtype=vae.dtype)
+    dist = vae.encode(x).latent_dist
+    z = dist.sample(generator) if generator is not None else dist.mode()
+    mean, std, scale = _latent_stats(vae, z)
+    return (z - mean) * scale / std
+
+
+@torch.no_grad()
+def decode_normalized(vae, latents):
+    """The inverse of `encode_normalized`: latents -> video [B, F, 3, H, W] in [-1, 1]."""
+    mean, std, scale = _latent_stats(vae, latents)
+    x = vae.decode(latents.to(vae.dtype) * std / scale + mean, return_dict=False)[0]
+    return x.clamp(-1, 1).permute(0, 2, 1, 3, 4)

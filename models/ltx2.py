@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from reelora.models.common import build_tiny, flow_match_noise, load_kwargs, load_pretrained, seeded
+from reelora.models.ltx import decode_normalized, encode_normalized
 from reelora.models.settings import SampleSettings
 from reelora.models.spec import ALL_COMPONENTS, Components
 
@@ -150,26 +151,11 @@ class LTX2Spec:
 
     # -- latents and text -----------------------------------------------------------------------------------
 
-    def _stats(self, vae, ref):
-        mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(ref.device, ref.dtype)
-        std = vae.latents_std.view(1, -1, 1, 1, 1).to(ref.device, ref.dtype)
-        return mean, std, float(vae.config.scaling_factor)
-
-    @torch.no_grad()
     def encode_video(self, comps, video, generator=None):
-        vae = comps.vae
-        x = video.permute(0, 2, 1, 3, 4).to(device=vae.device, dtype=vae.dtype)
-        dist = vae.encode(x).latent_dist
-        z = dist.sample(generator) if generator is not None else dist.mode()
-        mean, std, scale = self._stats(vae, z)
-        return (z - mean) * scale / std  # LTX2Pipeline._normalize_latents
+        return encode_normalized(comps.vae, video, generator)
 
-    @torch.no_grad()
     def decode_latents(self, comps, latents):
-        vae = comps.vae
-        mean, std, scale = self._stats(vae, latents)
-        x = vae.decode(latents.to(vae.dtype) * std / scale + mean, return_dict=False)[0]
-        return x.clamp(-1, 1).permute(0, 2, 1, 3, 4)
+        return decode_normalized(comps.vae, latents)
 
     @torch.no_grad()
     def encode_prompt(self, comps, prompts):

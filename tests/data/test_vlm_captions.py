@@ -128,7 +128,9 @@ def _build(tmp_path: Path, titles: int, model: Path, *extra: str) -> tuple[list[
     out = tmp_path / "out"
     rc = reelora_main(["shards", "build", str(lib), "--out", str(out), "--num-frames", "8", "--fps", "8",
                        "--height", "32", "--width", "48", "--preset", "ultrafast", "--as-of", "2026-01-01",
-                       "--captioner", str(model), "--caption-batch", "2", "--caption-max-tokens", "3", *extra])
+                       "--captioner", str(model), "--caption-batch", "2", "--caption-max-tokens", "3",
+                       "--scene-detector", "pyscenedetect",  # captions do not depend on the detector: the cheap one
+                       *extra])
     assert rc == 0
     events = [json.loads(line) for line in (tmp_path / "vlm.jsonl").read_text().splitlines()]
     return shard_metas(out), events
