@@ -1,4 +1,5 @@
-"""Data pipeline throughput: per stage (decode, shot detection, quality scores, encode), shard build
+"""Data pipeline throughput: per stage (decode, shot detection, quality scores, encode, and captioning with
+--captioner; benchmarks/bench_caption.py times a published-size VLM on a GPU), shard build
 (clip-seconds per second per core) and loader (clips/s).
 
     python benchmarks/bench_data.py                       # generated media, small settings
@@ -91,6 +92,16 @@ def stage_throughput(path: Path, cfg) -> dict:
     for c in clips:
         video.encode_clip(c, cfg.fps, crf=cfg.crf, preset=cfg.preset)
     out["encode_x_realtime"] = rate(time.perf_counter() - t0, n / cfg.fps)
+    if cfg.captioner:  # a VLM: loaded once per worker (reported apart), then batches of --caption-batch clips
+        from reelora.data.captions import VLMCaptioner
+
+        t0 = time.perf_counter()
+        captioner = VLMCaptioner(cfg.captioner, cfg.captioner_prompt, cfg.caption_max_tokens, cfg.caption_device,
+                                 cfg.caption_frames, cfg.caption_batch, cfg.fps)
+        out["captioner_load_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        captioner.caption_batch([captioner.pick(c) for c in clips])
+        out["caption_x_realtime"] = rate(time.perf_counter() - t0, n / cfg.fps)
     stages = {k: v for k, v in out.items() if k.endswith("_x_realtime")}
     out["slowest_stage"] = min(stages, key=stages.get).removesuffix("_x_realtime")
     return out
@@ -110,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=2, help="loader batch size")
     p.add_argument("--loader-workers", type=int, default=0, help="loader DataLoader workers")
     p.add_argument("--batches", type=int, default=20, help="loader batches to time")
+    p.add_argument("--captioner", default="", help="also time this VLM captioner (a local model folder) as a stage")
+    p.add_argument("--caption-device", default="auto", help="device of the --captioner stage")
     p.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
                    help="time each stage on the first title before the build")
     args = p.parse_args(argv)
@@ -128,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             library = make_library(root / "lib", args.titles, args.seconds)
         cfg = BuildConfig(num_frames=args.num_frames, fps=args.fps, height=args.height, width=args.width,
-                          workers=args.workers, decoder=args.decoder)
+                          workers=args.workers, decoder=args.decoder, captioner=args.captioner,
+                          caption_device=args.caption_device)
         stages = None
         if args.stages:
             from reelora.data.manifest import load_library
