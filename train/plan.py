@@ -144,6 +144,11 @@ def architecture(model: str) -> Architecture:
         spec = None
     if spec not in wan_like.values():
         raise PlanError(f"model {model!r}: model_index.json names {index.get('_class_name')!r}; {only}")
+    if spec.pipeline_class_name == "LTX2Pipeline":
+        connectors = Path(model) / "connectors" / "config.json"  # else LTX2TextConnectors' defaults (the release's widths)
+        d = spec.sample_defaults
+        return _ltx2_arch(model, spec, transformer, vae, spec.max_text_len, (d.num_frames, d.height, d.width), False,
+                          json.loads(connectors.read_text()) if connectors.is_file() else None)
     return arch(spec, transformer, vae, spec.max_text_len)
 
 
@@ -236,7 +241,8 @@ def count_parameters(arch: Architecture, rank: int, target_modules) -> Counts:
         if arch.family == "ltx2":
             from diffusers.pipelines.ltx2 import LTX2TextConnectors
 
-            connectors = sum(p.numel() for p in LTX2TextConnectors(**(arch.connectors or {})).parameters())
+            conf = {k: v for k, v in (arch.connectors or {}).items() if not k.startswith("_")}
+            connectors = sum(p.numel() for p in LTX2TextConnectors(**conf).parameters())
         try:
             attach_lora(transformer, rank=rank, alpha=float(rank), target_modules=targets, seed=None)
         except ValueError as exc:
