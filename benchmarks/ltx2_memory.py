@@ -59,7 +59,7 @@ def main() -> None:
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     model, optimizer, scheduler, params = build_model_and_optimizer(cfg, spec, comps, accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)
-    parch = P._ltx2_arch(cfg.model, spec, arch, None, args.text_len, (args.frames, args.height, args.width), False, conn_cfg)
+    parch = P._ltx2_arch(cfg.model, arch, None, args.text_len, (args.frames, args.height, args.width), conn_cfg)
     c, lf, lh, lw = P.latent_shape(parch, args.frames, args.height, args.width)
     g = torch.Generator().manual_seed(0)
     width = conn.config.caption_channels * conn.config.text_proj_in_factor

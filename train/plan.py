@@ -102,33 +102,33 @@ def architecture(model: str) -> Architecture:
     """
     from reelora.models.registry import FAMILIES, TINY_PREFIX, is_tiny, spec_for_index
 
-    wan_like = {f: s for f, s in FAMILIES.items() if s.pipeline_class_name in PLANNED}
-    only = f"the memory plan models the Wan and LTX-2 block structures only ({', '.join(TINY_PREFIX + f for f in wan_like)}, " \
-           f"{', '.join(i for s in wan_like.values() for i in s.published_transformers)})"
+    planned = {f: s for f, s in FAMILIES.items() if s.pipeline_class_name in PLANNED}
+    only = f"the memory plan models the Wan and LTX-2 block structures only ({', '.join(TINY_PREFIX + f for f in planned)}, " \
+           f"{', '.join(i for s in planned.values() for i in s.published_transformers)})"
 
     def arch(spec, transformer, vae, text_len, tiny=False):
         d = spec.tiny_sample_defaults if tiny else spec.sample_defaults
         if spec.pipeline_class_name == "LTX2Pipeline":
-            return _ltx2_arch(model, spec, transformer, vae, text_len, (d.num_frames, d.height, d.width), tiny)
+            return _ltx2_arch(model, transformer, vae, text_len, (d.num_frames, d.height, d.width))
         return Architecture(model, dict(transformer), vae.get("scale_factor_temporal", 4), vae.get("scale_factor_spatial", 8),
                             vae.get("z_dim", 16), text_len, (d.num_frames, d.height, d.width),
                             len(getattr(spec, "experts", None) or ()) or 1)
 
     for family, spec in FAMILIES.items():
         if model in getattr(spec, "published_transformers", {}):
-            if family not in wan_like:
+            if family not in planned:
                 raise PlanError(f"model {model!r} ({family}): {only}")
             return arch(spec, spec.published_transformers[model], getattr(spec, "published_vae", None), spec.max_text_len)
     if is_tiny(model):
-        spec = wan_like.get(model[len(TINY_PREFIX):])
+        spec = planned.get(model[len(TINY_PREFIX):])
         if spec is None:
             raise PlanError(f"model {model!r}: {only}")
         if spec.pipeline_class_name == "LTX2Pipeline":
             from reelora.models.ltx2 import TINY_CONNECTORS, TINY_MAX_TEXT_LEN, TINY_TRANSFORMER, TINY_VAE
 
-            return _ltx2_arch(model, spec, TINY_TRANSFORMER, TINY_VAE, TINY_MAX_TEXT_LEN,
-                              (spec.tiny_sample_defaults.num_frames, spec.tiny_sample_defaults.height,
-                               spec.tiny_sample_defaults.width), True, TINY_CONNECTORS)
+            d = spec.tiny_sample_defaults
+            return _ltx2_arch(model, TINY_TRANSFORMER, TINY_VAE, TINY_MAX_TEXT_LEN, (d.num_frames, d.height, d.width),
+                              TINY_CONNECTORS)
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
         from reelora.models.wan import TINY_MAX_TEXT_LEN
@@ -142,12 +142,12 @@ def architecture(model: str) -> Architecture:
         spec = spec_for_index(index, model)
     except ValueError:
         spec = None
-    if spec not in wan_like.values():
+    if spec not in planned.values():
         raise PlanError(f"model {model!r}: model_index.json names {index.get('_class_name')!r}; {only}")
     if spec.pipeline_class_name == "LTX2Pipeline":
         connectors = Path(model) / "connectors" / "config.json"  # else LTX2TextConnectors' defaults (the release's widths)
         d = spec.sample_defaults
-        return _ltx2_arch(model, spec, transformer, vae, spec.max_text_len, (d.num_frames, d.height, d.width), False,
+        return _ltx2_arch(model, transformer, vae, spec.max_text_len, (d.num_frames, d.height, d.width),
                           json.loads(connectors.read_text()) if connectors.is_file() else None)
     return arch(spec, transformer, vae, spec.max_text_len)
 
@@ -156,7 +156,7 @@ PLANNED = ("WanPipeline", "LTX2Pipeline")
 """Pipelines whose transformer block structure the plan models."""
 
 
-def _ltx2_arch(model: str, spec, transformer: dict, vae: dict | None, text_len: int, shape, tiny: bool,
+def _ltx2_arch(model: str, transformer: dict, vae: dict | None, text_len: int, shape,
                connectors: dict | None = None) -> Architecture:
     """LTX-2: the transformer from LTX2VideoTransformer3DModel's defaults overridden by `transformer` (the defaults
     are the released 19B model's). The VAE's compression: the transformer's own `vae_scale_factors` (it places its
