@@ -180,8 +180,11 @@ class LTX2Spec:
         cfg = getattr(transformer, "module", transformer).config  # DDP's wrapper has no .config
         dtype = next(transformer.parameters()).dtype
         connectors = comps.extra["connectors"]
-        video_text, audio_text, mask = connectors(text["prompt_embeds"].to(next(connectors.parameters()).dtype),
-                                                  text["prompt_attention_mask"], padding_side="left")
+        # The connectors are frozen and not trained: without no_grad autograd would keep their activations and give
+        # their ~1.4e9 parameters (released widths) gradients that no optimizer ever clears.
+        with torch.no_grad():
+            video_text, audio_text, mask = connectors(text["prompt_embeds"].to(next(connectors.parameters()).dtype),
+                                                      text["prompt_attention_mask"], padding_side="left")
         video_text, audio_text = video_text.to(dtype), audio_text.to(dtype)
         packed = LTX2Pipeline._pack_latents(noisy, cfg.patch_size, cfg.patch_size_t)
         audio = torch.zeros(b, 1, cfg.audio_in_channels, device=latents.device, dtype=dtype)

@@ -94,9 +94,10 @@ Counts the transformer's parameters exactly (the family's published config built
 config's LoRA attached as training does), and estimates per GPU: frozen base weights (train.mixed_precision's
 dtype), LoRA weights + gradients + optimizer state, activations with and without gradient checkpointing at
 the clip size (data.shards' largest clip when its index is readable, else the family's sampling size, Wan
-81x480x832; --frames/--height/--width override each), for train.parallel over --gpus processes, plus a
+81x480x832, LTX-2 121x512x768; --frames/--height/--width override each), for train.parallel over --gpus processes, plus a
 fixed CUDA allowance. Prints a table and a fits / does-not-fit verdict per GPU (for --gpu-gb, or for 24, 48
-and 80 GB cards). Training prints the same plan at start. How each figure is computed: train/plan.py;
+and 80 GB cards). Wan families and LTX-2 (video-only LoRA, its audio stream frozen) are modelled. Training
+prints the same plan at start. How each figure is computed: train/plan.py;
 measured comparisons: BENCHMARKS.md.
 
   reelora plan --config configs/wan2.1-t2v-1.3b-lora.yaml --gpu-gb 24

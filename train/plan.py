@@ -2,14 +2,18 @@
 
 `reelora plan --config CFG` and the first lines of a training run print it. Every figure comes from shapes:
 
-* **Parameters** are counted exactly: the family's published transformer config (models/wan.py) is built on
-  the meta device and the config's LoRA (lora.rank, lora.target_modules) attached with peft, as training does.
+* **Parameters** are counted exactly: the family's published transformer config (models/wan.py; LTX-2:
+  LTX2VideoTransformer3DModel's defaults, its audio stream included) is built on the meta device and the
+  config's LoRA (lora.rank, lora.target_modules) attached with peft, as training does. LTX-2's frozen text
+  connectors (which the training forward runs) are counted too, as their own row.
 * **Frozen base weights**: base params x the storage dtype (train.mixed_precision: bf16/fp16 2 bytes, no 4).
 * **LoRA**: fp32 weights + fp32 gradients + optimizer state (adamw: 2 fp32 moments, 8 bytes; adamw8bit: 2).
   DDP with several processes adds its fp32 gradient buckets (a second copy of the gradients).
 * **Activations**: what autograd saves for backward, per transformer block, from the Wan block structure
   (see `block_activation_bytes`; the constants were read off the tensors `saved_tensors_hooks` sees in a
-  real forward of WanSpec.forward, and tests/train/test_plan.py checks the sum against a measurement).
+  real forward of WanSpec.forward, and tests/train/test_plan.py checks the sum against a measurement) or
+  LTX-2's video block as LTX2Spec.forward runs it (`ltx2_block_activation_bytes`, read the same way off a
+  small-width LTX-2; tests/train/test_plan_ltx2.py).
   Without checkpointing every block's tensors stay until backward; with it only each block's input does,
   and backward recomputes one block at a time. Backward also holds gradients of one block's activations
   while it runs (a few tokens x ffn and one fp32 tokens x dim, read off CPU allocator peaks with
@@ -55,7 +59,8 @@ class PlanError(ValueError):
 class Architecture:
     model: str
     transformer: dict
-    """WanTransformer3DModel config (num_layers, num_attention_heads, attention_head_dim, ffn_dim, patch_size, ...)."""
+    """The transformer's config: WanTransformer3DModel's (num_layers, num_attention_heads, attention_head_dim, ffn_dim,
+    patch_size, ...) or, for family ltx2, LTX2VideoTransformer3DModel's."""
     vae_temporal: int
     vae_spatial: int
     latent_channels: int
@@ -65,41 +70,65 @@ class Architecture:
     """(frames, height, width) planned when neither --frames/--height/--width nor data.shards gives one."""
     experts: int = 1
     """Transformers of this shape the backbone holds (Wan2.2-A14B: 2, a high- and a low-noise expert)."""
+    family: str = "wan"
+    """The block structure: "wan" (every Wan family) or "ltx2"."""
+    connectors: dict | None = None
+    """ltx2: LTX2TextConnectors config (frozen, on the GPU with the transformer: the training forward runs them)."""
 
     @property
     def dim(self) -> int:
         return self.transformer["num_attention_heads"] * self.transformer["attention_head_dim"]
 
+    @property
+    def ffn(self) -> int:
+        """FFN width: Wan's ffn_dim; LTX-2's FeedForward is 4 x dim."""
+        return 4 * self.dim if self.family == "ltx2" else self.transformer["ffn_dim"]
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        """(time, height, width) patch of the transformer's patch embedding."""
+        t = self.transformer
+        return (t["patch_size_t"], t["patch_size"], t["patch_size"]) if self.family == "ltx2" else tuple(t["patch_size"])
+
 
 def architecture(model: str) -> Architecture:
-    """The shapes of `model` (a tiny name, a published Wan hub id, a local diffusers directory or a cached hub id).
+    """The shapes of `model` (a tiny name, a published hub id, a local diffusers directory or a cached hub id).
 
-    Every Wan family is planned (Wan2.1, Wan2.2-TI2V-5B, Wan2.2-A14B: its two experts counted as such).
+    Every Wan family is planned (Wan2.1, Wan2.2-TI2V-5B, Wan2.2-A14B: its two experts counted as such), and LTX-2
+    (family ltx2) as reelora trains it: video only (see `ltx2_block_activation_bytes`).
 
     Raises:
-        PlanError: a family other than Wan, or no transformer/config.json to be read offline.
+        PlanError: another family (LTX-Video), or no transformer/config.json to be read offline.
     """
     from reelora.models.registry import FAMILIES, TINY_PREFIX, is_tiny, spec_for_index
 
-    wan_like = {f: s for f, s in FAMILIES.items() if s.pipeline_class_name == "WanPipeline"}
-    only = f"the memory plan models the Wan block structure only ({', '.join(TINY_PREFIX + f for f in wan_like)}, " \
-           f"{', '.join(i for s in wan_like.values() for i in s.published_transformers)})"
+    planned = {f: s for f, s in FAMILIES.items() if s.pipeline_class_name in PLANNED}
+    only = f"the memory plan models the Wan and LTX-2 block structures only ({', '.join(TINY_PREFIX + f for f in planned)}, " \
+           f"{', '.join(i for s in planned.values() for i in s.published_transformers)})"
 
     def arch(spec, transformer, vae, text_len, tiny=False):
         d = spec.tiny_sample_defaults if tiny else spec.sample_defaults
+        if spec.pipeline_class_name == "LTX2Pipeline":
+            return _ltx2_arch(model, transformer, vae, text_len, (d.num_frames, d.height, d.width))
         return Architecture(model, dict(transformer), vae.get("scale_factor_temporal", 4), vae.get("scale_factor_spatial", 8),
                             vae.get("z_dim", 16), text_len, (d.num_frames, d.height, d.width),
                             len(getattr(spec, "experts", None) or ()) or 1)
 
     for family, spec in FAMILIES.items():
         if model in getattr(spec, "published_transformers", {}):
-            if family not in wan_like:  # known offline, but not a Wan block structure (LTX-2)
+            if family not in planned:
                 raise PlanError(f"model {model!r} ({family}): {only}")
-            return arch(spec, spec.published_transformers[model], spec.published_vae, spec.max_text_len)
+            return arch(spec, spec.published_transformers[model], getattr(spec, "published_vae", None), spec.max_text_len)
     if is_tiny(model):
-        spec = wan_like.get(model[len(TINY_PREFIX):])
+        spec = planned.get(model[len(TINY_PREFIX):])
         if spec is None:
             raise PlanError(f"model {model!r}: {only}")
+        if spec.pipeline_class_name == "LTX2Pipeline":
+            from reelora.models.ltx2 import TINY_CONNECTORS, TINY_MAX_TEXT_LEN, TINY_TRANSFORMER, TINY_VAE
+
+            d = spec.tiny_sample_defaults
+            return _ltx2_arch(model, TINY_TRANSFORMER, TINY_VAE, TINY_MAX_TEXT_LEN, (d.num_frames, d.height, d.width),
+                              TINY_CONNECTORS)
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
         from reelora.models.wan import TINY_MAX_TEXT_LEN
@@ -113,9 +142,37 @@ def architecture(model: str) -> Architecture:
         spec = spec_for_index(index, model)
     except ValueError:
         spec = None
-    if spec not in wan_like.values():
+    if spec not in planned.values():
         raise PlanError(f"model {model!r}: model_index.json names {index.get('_class_name')!r}; {only}")
+    if spec.pipeline_class_name == "LTX2Pipeline":
+        connectors = Path(model) / "connectors" / "config.json"  # else LTX2TextConnectors' defaults (the release's widths)
+        d = spec.sample_defaults
+        return _ltx2_arch(model, transformer, vae, spec.max_text_len, (d.num_frames, d.height, d.width),
+                          json.loads(connectors.read_text()) if connectors.is_file() else None)
     return arch(spec, transformer, vae, spec.max_text_len)
+
+
+PLANNED = ("WanPipeline", "LTX2Pipeline")
+"""Pipelines whose transformer block structure the plan models."""
+
+
+def _ltx2_arch(model: str, transformer: dict, vae: dict | None, text_len: int, shape,
+               connectors: dict | None = None) -> Architecture:
+    """LTX-2: the transformer from LTX2VideoTransformer3DModel's defaults overridden by `transformer` (the defaults
+    are the released 19B model's). The VAE's compression: the transformer's own `vae_scale_factors` (it places its
+    RoPE coordinates by them, so they are the released VAE's 8x temporal, 32x spatial) unless a VAE config is
+    given (tiny, a local directory), whose AutoencoderKLLTX2Video is then built on the meta device and asked, as
+    LTX2Pipeline asks it."""
+    from diffusers import AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+
+    t = _with_defaults(LTX2VideoTransformer3DModel, transformer)
+    temporal, spatial, _ = t["vae_scale_factors"]
+    channels = t["in_channels"] // (t["patch_size"] ** 2 * t["patch_size_t"])
+    if vae is not None:
+        with torch.device("meta"):
+            v = AutoencoderKLLTX2Video(**{k: x for k, x in vae.items() if not k.startswith("_")})
+        temporal, spatial, channels = v.temporal_compression_ratio, v.spatial_compression_ratio, v.config.latent_channels
+    return Architecture(model, t, temporal, spatial, channels, text_len, tuple(shape), 1, "ltx2", dict(connectors or {}))
 
 
 def _with_defaults(cls, overrides: dict) -> dict:
@@ -161,26 +218,39 @@ class Counts:
     fp8_able: int
     """Base parameters diffusers' layerwise casting would store in fp8 (Linear/Conv weights outside the skipped
     patch embedding, condition embedder and norms)."""
+    audio: int = 0
+    """ltx2: base parameters of the audio stream (names with "audio"), included in `base`."""
+    connectors: int = 0
+    """ltx2: parameters of the frozen text connectors (not in `base`; never fp8, offloaded or sharded)."""
 
 
 def count_parameters(arch: Architecture, rank: int, target_modules) -> Counts:
     """Build the transformer on the meta device, attach the LoRA as training does, count."""
-    from diffusers import WanTransformer3DModel
+    from diffusers import LTX2VideoTransformer3DModel, WanTransformer3DModel
     from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
     from reelora.models.lora import attach_lora
-    from reelora.models.wan import WanSpec
+    from reelora.models.registry import family_spec
 
-    targets = list(WanSpec.lora_targets) if target_modules is None else target_modules
+    spec = family_spec("ltx2" if arch.family == "ltx2" else "wan")
+    cls = LTX2VideoTransformer3DModel if arch.family == "ltx2" else WanTransformer3DModel
+    targets = list(spec.lora_targets) if target_modules is None else target_modules
+    connectors = 0
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
-        transformer = WanTransformer3DModel(**{k: v for k, v in arch.transformer.items() if not k.startswith("_")})
+        transformer = cls(**{k: v for k, v in arch.transformer.items() if not k.startswith("_")})
+        if arch.family == "ltx2":
+            from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+            conf = {k: v for k, v in (arch.connectors or {}).items() if not k.startswith("_")}
+            connectors = sum(p.numel() for p in LTX2TextConnectors(**conf).parameters())
         try:
             attach_lora(transformer, rank=rank, alpha=float(rank), target_modules=targets, seed=None)
         except ValueError as exc:
             raise PlanError(f"config key 'lora.target_modules': {exc}") from exc
     base = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
     lora = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
-    block = transformer.blocks[0]
+    blocks = getattr(transformer, spec.blocks)
+    block = blocks[0]
     base_block = sum(p.numel() for n, p in block.named_parameters() if "lora_" not in n)
     layers = sum(1 for n, _ in transformer.named_modules() if n.endswith(".lora_A.default"))
     import re
@@ -189,7 +259,8 @@ def count_parameters(arch: Architecture, rank: int, target_modules) -> Counts:
     fp8_able = sum(p.numel() for name, m in transformer.named_modules()
                    if isinstance(m, CASTABLE_LAYERS) and "lora_" not in name and not any(re.search(s, name) for s in skip)
                    for p in m.parameters(recurse=False))
-    return Counts(base, base_block, len(transformer.blocks), lora, layers, fp8_able)
+    audio = sum(p.numel() for n, p in transformer.named_parameters() if "audio" in n and "lora_" not in n)
+    return Counts(base, base_block, len(blocks), lora, layers, fp8_able, audio, connectors)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -197,13 +268,14 @@ def count_parameters(arch: Architecture, rank: int, target_modules) -> Counts:
 
 
 def latent_shape(arch: Architecture, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """(channels, latent frames, latent height, latent width) the VAE makes of a clip: Wan (F - 1) / 4 + 1, H / 8, W / 8."""
+    """(channels, latent frames, latent height, latent width) the VAE makes of a clip: Wan (F - 1) / 4 + 1, H / 8, W / 8;
+    LTX-2 (F - 1) / 8 + 1, H / 32, W / 32."""
     return (arch.latent_channels, (frames - 1) // arch.vae_temporal + 1, height // arch.vae_spatial, width // arch.vae_spatial)
 
 
 def tokens(arch: Architecture, latent: tuple[int, int, int, int]) -> int:
-    """Transformer sequence length: latent frames x height x width over the patch size (Wan: 1, 2, 2)."""
-    pt, ph, pw = arch.transformer["patch_size"]
+    """Transformer sequence length: latent frames x height x width over the patch size (Wan: 1, 2, 2; LTX-2: 1, 1, 1)."""
+    pt, ph, pw = arch.patch
     return (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
 
 
@@ -236,19 +308,70 @@ def head_activation_bytes(s: int, text_len: int, dim: int, latent_elems: int, ha
     return s * dim * 4 + latent_elems * 4 + text_len * dim * (2 if half else 4)
 
 
+def ltx2_block_activation_bytes(s: int, text_len: int, dim: int, ffn: int, heads: int, rank: int, lora_block: int,
+                                half: bool) -> int:
+    """Bytes one LTX-2 block saves for backward for one sample of `s` video tokens, as reelora trains it
+    (LTX2Spec.forward: isolate_modalities, one silent audio token; diffusers LTX2VideoTransformerBlock + peft LoRA).
+
+    Only the video stream saves anything: the audio stream's input, text and timestep embedding need no gradient
+    and, with the audio-video cross-attention off, no gradient reaches them, so autograd keeps none of its tensors.
+    Read off the saved tensors of a real forward (saved_tensors_hooks, storages counted once, parameters left out):
+      half (bf16/fp16 autocast):
+        s x dim: 6 fp32 (the .float() copies in norm1/norm2/norm3 and in the RMSNorms on q and k: attn1's q and k,
+                 attn2's q) + 16 half (norm1/2/3 inputs; the half copy of its input each of the 6 LoRA'd token-side
+                 projections keeps, peft casting the input to the fp32 LoRA weights and autocast back; q/k/v/out of
+                 the self-attention's SDPA, q/out of the cross-attention's)
+        s x ffn: 2 half (FFN hidden before GELU and the second projection's LoRA input)
+        s x rank: 8 half (lora_A outputs); text x dim: 4 half (cross-attention k/v LoRA inputs and SDPA k/v) + 1 fp32
+        (norm_k); text x rank: 2 half; the LoRA weights' half copies autocast makes (lora_block params x 2 bytes)
+      fp32 (train.mixed_precision no): s x dim 15, s x ffn 2, s x rank 8, text x dim 3, text x rank 2, all fp32
+      both: RMSNorm statistics (6 per token, 1 per text token, fp32), SDPA's log-sum-exp (2 x heads per token,
+      fp32), the cross-attention mask (heads x text), the block's modulation tensors (8 x dim). SDPA (flash or
+      memory-efficient on GPU, flash on CPU) never stores the s x s or s x text attention matrix.
+    """
+    stats = s * (6 + 2 * heads) * 4 + text_len * 4
+    if half:
+        return (s * dim * (6 * 4 + 16 * 2) + s * ffn * 2 * 2 + s * rank * 8 * 2 + text_len * dim * (4 * 2 + 4)
+                + text_len * rank * 2 * 2 + lora_block * 2 + stats + heads * text_len * 2 + 8 * dim * 2)
+    return (s * dim * 15 * 4 + s * ffn * 2 * 4 + s * rank * 8 * 4 + text_len * dim * 3 * 4 + text_len * rank * 2 * 4
+            + stats + heads * text_len * 4 + 8 * dim * 4)
+
+
+def ltx2_head_activation_bytes(s: int, text_len: int, dim: int, audio_dim: int, latent_elems: int, half: bool,
+                               checkpointing: bool) -> int:
+    """Outside the LTX-2 blocks, per sample: the video RoPE's fp32 cos and sin (s x dim each, shared by every block's
+    self-attention; with checkpointing the checkpointed blocks hold them as arguments), norm_out's input and
+    statistics, the loss's fp32 difference; and the text: fp32 without checkpointing (the cross-attention LoRA's
+    input; under half autocast each block keeps its own copies instead), both modalities' text (video dim and audio
+    dim) saved as checkpoint inputs with it. The first block's norm1 saves nothing without checkpointing (its input
+    comes from the frozen proj_in of latents that need no gradient): subtracted here."""
+    c = 2 if half else 4
+    head = 2 * s * dim * 4 + s * dim * c + 2 * s * c + dim * c + latent_elems * 4
+    if checkpointing:
+        return head + text_len * (dim + audio_dim) * c
+    first_norm1 = s * dim * 4 + (s * dim * 2 if half else 0) + s * 4 + dim * c
+    return head + (0 if half else text_len * dim * 4) - first_norm1
+
+
 def activation_bytes(arch: Architecture, counts: Counts, s: int, latent_elems: int, rank: int, half: bool,
                      checkpointing: bool) -> dict[str, int]:
     """Per sample: `stored` (saved through the whole forward), `backward` (held while one block runs backward)."""
     t = arch.transformer
     lora_block = counts.lora // counts.blocks
-    block = block_activation_bytes(s, arch.text_len, arch.dim, t["ffn_dim"], t["num_attention_heads"], rank, lora_block, half)
-    head = head_activation_bytes(s, arch.text_len, arch.dim, latent_elems, half)
+    if arch.family == "ltx2":
+        block = ltx2_block_activation_bytes(s, arch.text_len, arch.dim, arch.ffn, t["num_attention_heads"], rank,
+                                            lora_block, half)
+        audio_dim = t["audio_num_attention_heads"] * t["audio_attention_head_dim"]
+        head = ltx2_head_activation_bytes(s, arch.text_len, arch.dim, audio_dim, latent_elems, half, checkpointing)
+    else:
+        block = block_activation_bytes(s, arch.text_len, arch.dim, arch.ffn, t["num_attention_heads"], rank, lora_block, half)
+        head = head_activation_bytes(s, arch.text_len, arch.dim, latent_elems, half)
     # While a block runs backward, gradients of its activations live besides what it saved. The allocator peaks
     # (`measure_peak_bytes`, BENCHMARKS.md "Memory plan vs measured") come in the FFN's backward: about one
     # tokens x ffn gradient in the compute dtype plus the residual stream's fp32 one; under half autocast
     # without checkpointing about four tokens x ffn (measured on CPU: 4-6 half tokens x ffn).
     ffn_grads = 4 if half and not checkpointing else 1
-    grads = s * (ffn_grads * t["ffn_dim"] * (2 if half else 4) + arch.dim * 4)
+    grads = s * (ffn_grads * arch.ffn * (2 if half else 4) + arch.dim * 4)
     if checkpointing:
         # Each block keeps only its input hidden states; backward recomputes one block's saved tensors at a time.
         return {"stored": counts.blocks * s * arch.dim * (2 if half else 4) + head, "backward": block + grads}
@@ -387,6 +510,8 @@ def estimate(cfg, *, gpus: int = 1, shape: tuple[int, int, int] | None = None, c
         rows[f"frozen base weights (offloaded: {n} block(s) on GPU)"] = (base_bytes - counts.blocks * block_bytes + n * block_bytes) / GIB
     else:
         rows["frozen base weights"] = base_bytes / shard / GIB
+    if counts.connectors:  # loaded in the run's dtype with the transformer; not sharded, offloaded or fp8
+        rows["frozen text connectors"] = counts.connectors * compute_bytes / GIB
     if fsdp:
         rows["gathered blocks (FSDP, 2 in flight)"] = 2 * (block_bytes + counts.lora // counts.blocks * 4) / GIB
     state_bytes = 2 if cfg.optim.name == "adamw8bit" else 8
@@ -404,8 +529,12 @@ def estimate(cfg, *, gpus: int = 1, shape: tuple[int, int, int] | None = None, c
         a = activation_bytes(arch, expert_counts, s, latent_elems, cfg.lora.rank, half, ckpt)
         acts[key] = {k: v * b / GIB for k, v in a.items()}
         totals[key] = sum(rows.values()) + sum(acts[key].values())
+    if arch.family == "ltx2":
+        notes.append(f"the audio stream's {counts.audio:,} params are in the frozen base; training runs it on one silent "
+                     f"token with isolate_modalities, so it saves no activations")
     if cfg.data.cache is None:
-        notes.append("data.cache is null: the VAE and the text encoder (UMT5-XXL for Wan: ~11 GiB in bf16) also sit "
+        encoder = "Gemma 3 12B for LTX-2" if arch.family == "ltx2" else "UMT5-XXL for Wan: ~11 GiB in bf16"
+        notes.append(f"data.cache is null: the VAE and the text encoder ({encoder}) also sit "
                      "on the GPU and are not counted here; build a cache with `reelora cache`")
     if cfg.lora.dropout > 0:
         notes.append(f"lora.dropout={cfg.lora.dropout:g} keeps a dropped-out copy of each adapted layer's input "

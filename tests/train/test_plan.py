@@ -174,7 +174,7 @@ def test_plan_command_names_a_bad_key_or_model(capsys):
     assert main(["plan", "--config", str(CFG_1_3B), "lora.rnk=8"]) == 2
     assert "unknown config key 'lora.rnk'" in capsys.readouterr().err
     assert main(["plan", "--config", str(CFG_1_3B), "model=tiny-ltx"]) == 2
-    assert "Wan block structure only" in capsys.readouterr().err
+    assert "Wan and LTX-2 block structures only" in capsys.readouterr().err
 
 
 def test_training_start_summary(tmp_path):

@@ -1,5 +1,5 @@
 """The shipped Wan2.2 configs hold on the published architectures (meta device, no weights), and their headers
-carry `reelora plan`'s output for them."""
+(and configs/ltx2-lora.yaml's) carry `reelora plan`'s output for them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,8 +50,9 @@ def test_published_wan22_on_the_meta_device(path, family, experts, base, lora):
         assert spec.published_vae["scale_factor_spatial"] == 16 and len(spec.published_vae["latents_mean"]) == 48
 
 
-@pytest.mark.parametrize("path, overrides, gib", [(CFG_5B, [], "22.97"), (CFG_A14B, ["--frames", "33"], "69.17")],
-                         ids=["ti2v-5b", "t2v-a14b"])
+@pytest.mark.parametrize("path, overrides, gib", [(CFG_5B, [], "22.97"), (CFG_A14B, ["--frames", "33"], "69.17"),
+                                                  (ROOT / "configs" / "ltx2-lora.yaml", [], "45.79")],
+                         ids=["ti2v-5b", "t2v-a14b", "ltx2"])
 def test_config_header_is_the_plan(path, overrides, gib, capsys):
     """The header pastes `reelora plan --config THIS data.cache=CACHE ...`: the same table comes out today."""
     from reelora.cli import main
