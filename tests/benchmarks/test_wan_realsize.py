@@ -166,7 +166,8 @@ def test_cpu_command_on_the_published_1_3b(tmp_path):
     """The documented CPU command, as a subprocess, on the real 1.3B architecture (~1-3 min, ~5 GB RSS):
     counts of the published config, every figure present, nothing that decodes video imported."""
     out = tmp_path / "out.json"
-    argv = [str(SCRIPT), "--device", "cpu", "--frames", "5", "--height", "64", "--width", "64", "--steps", "2", "--json", str(out)]
+    argv = [str(SCRIPT), "--device", "cpu", "--frames", "5", "--height", "64", "--width", "64", "--steps", "1", "--warmup", "0",
+            "--sample-steps", "1", "--json", str(out)]
     wrapper = ("import json, runpy, sys; sys.argv = json.loads(sys.argv[1]); runpy.run_path(sys.argv[0], run_name='__main__'); "
                f"print('IMPORTED', json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})))")
     proc = subprocess.run([sys.executable, "-c", wrapper, json.dumps(argv)], cwd=ROOT, capture_output=True, text=True, timeout=1500)
