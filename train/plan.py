@@ -70,10 +70,10 @@ class Architecture:
     """(frames, height, width) planned when neither --frames/--height/--width nor data.shards gives one."""
     experts: int = 1
     """Transformers of this shape the backbone holds (Wan2.2-A14B: 2, a high- and a low-noise expert)."""
-    family: str = "wan"
+    structure: str = "wan"
     """The block structure: "wan" (every Wan family) or "ltx2"."""
     connectors: dict | None = None
-    """ltx2: LTX2TextConnectors config (frozen, on the GPU with the transformer: the training forward runs them)."""
+    """structure ltx2: LTX2TextConnectors config (frozen, on the GPU with the transformer: the training forward runs them)."""
 
     @property
     def dim(self) -> int:
@@ -82,13 +82,13 @@ class Architecture:
     @property
     def ffn(self) -> int:
         """FFN width: Wan's ffn_dim; LTX-2's FeedForward is 4 x dim."""
-        return 4 * self.dim if self.family == "ltx2" else self.transformer["ffn_dim"]
+        return 4 * self.dim if self.structure == "ltx2" else self.transformer["ffn_dim"]
 
     @property
     def patch(self) -> tuple[int, int, int]:
         """(time, height, width) patch of the transformer's patch embedding."""
         t = self.transformer
-        return (t["patch_size_t"], t["patch_size"], t["patch_size"]) if self.family == "ltx2" else tuple(t["patch_size"])
+        return (t["patch_size_t"], t["patch_size"], t["patch_size"]) if self.structure == "ltx2" else tuple(t["patch_size"])
 
 
 def architecture(model: str) -> Architecture:
@@ -232,13 +232,13 @@ def count_parameters(arch: Architecture, rank: int, target_modules) -> Counts:
     from reelora.models.lora import attach_lora
     from reelora.models.registry import family_spec
 
-    spec = family_spec("ltx2" if arch.family == "ltx2" else "wan")
-    cls = LTX2VideoTransformer3DModel if arch.family == "ltx2" else WanTransformer3DModel
+    spec = family_spec("ltx2" if arch.structure == "ltx2" else "wan")
+    cls = LTX2VideoTransformer3DModel if arch.structure == "ltx2" else WanTransformer3DModel
     targets = list(spec.lora_targets) if target_modules is None else target_modules
     connectors = 0
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
         transformer = cls(**{k: v for k, v in arch.transformer.items() if not k.startswith("_")})
-        if arch.family == "ltx2":
+        if arch.structure == "ltx2":
             from diffusers.pipelines.ltx2 import LTX2TextConnectors
 
             conf = {k: v for k, v in (arch.connectors or {}).items() if not k.startswith("_")}
@@ -358,7 +358,7 @@ def activation_bytes(arch: Architecture, counts: Counts, s: int, latent_elems: i
     """Per sample: `stored` (saved through the whole forward), `backward` (held while one block runs backward)."""
     t = arch.transformer
     lora_block = counts.lora // counts.blocks
-    if arch.family == "ltx2":
+    if arch.structure == "ltx2":
         block = ltx2_block_activation_bytes(s, arch.text_len, arch.dim, arch.ffn, t["num_attention_heads"], rank,
                                             lora_block, half)
         audio_dim = t["audio_num_attention_heads"] * t["audio_attention_head_dim"]
@@ -529,11 +529,11 @@ def estimate(cfg, *, gpus: int = 1, shape: tuple[int, int, int] | None = None, c
         a = activation_bytes(arch, expert_counts, s, latent_elems, cfg.lora.rank, half, ckpt)
         acts[key] = {k: v * b / GIB for k, v in a.items()}
         totals[key] = sum(rows.values()) + sum(acts[key].values())
-    if arch.family == "ltx2":
+    if arch.structure == "ltx2":
         notes.append(f"the audio stream's {counts.audio:,} params are in the frozen base; training runs it on one silent "
                      f"token with isolate_modalities, so it saves no activations")
     if cfg.data.cache is None:
-        encoder = "Gemma 3 12B for LTX-2" if arch.family == "ltx2" else "UMT5-XXL for Wan: ~11 GiB in bf16"
+        encoder = "Gemma 3 12B for LTX-2" if arch.structure == "ltx2" else "UMT5-XXL for Wan: ~11 GiB in bf16"
         notes.append(f"data.cache is null: the VAE and the text encoder ({encoder}) also sit "
                      "on the GPU and are not counted here; build a cache with `reelora cache`")
     if cfg.lora.dropout > 0:

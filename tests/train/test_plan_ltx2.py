@@ -63,7 +63,7 @@ def plan_vs_measured(mixed_precision: str, checkpointing: bool, rank: int = 8, t
     saved = P.measure_saved_bytes(forward, model)
     peak = P.measure_peak_bytes(lambda: forward().backward())
     arch = P.Architecture("measured", P._with_defaults(LTX2VideoTransformer3DModel, SMALL_LTX2), 8, 32, 16, text_len,
-                          (17, 192, 320), family="ltx2", connectors={})
+                          (17, 192, 320), structure="ltx2", connectors={})
     counts = P.count_parameters(arch, rank, None)
     s = P.tokens(arch, tuple(latents.shape[1:]))
     est = P.activation_bytes(arch, counts, s, latents.numel(), rank, half, checkpointing)
@@ -85,7 +85,7 @@ def test_parameter_counts_and_shapes_of_the_released_ltx2():
     the 1.43e9-param text connectors; 121 x 512 x 768 frames -> 16 x 16 x 24 latents (8x, 32x) = 6,144 tokens."""
     cfg = load_config(CFG)
     arch = P.architecture(cfg.model)
-    assert arch.family == "ltx2" and arch.dim == 4096 and arch.ffn == 16384 and arch.text_len == 1024
+    assert arch.structure == "ltx2" and arch.dim == 4096 and arch.ffn == 16384 and arch.text_len == 1024
     c = P.count_parameters(arch, cfg.lora.rank, cfg.lora.target_modules)
     assert c.base == 18_876_174_592 and c.audio == 5_714_096_256 and c.blocks == 48
     assert c.lora_layers == 480 and c.lora == 48 * (8 * 32 * (4096 + 4096) + 32 * (4096 + 16384) + 32 * (16384 + 4096))
@@ -113,6 +113,6 @@ def test_a_local_ltx2_directory_is_read_from_its_config_files(tmp_path):
         (tmp_path / sub / "config.json").write_text(json.dumps(conf))
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "LTX2Pipeline"}))
     arch = P.architecture(str(tmp_path))
-    assert arch.family == "ltx2" and arch.latent_channels == 128 and (arch.vae_temporal, arch.vae_spatial) == (8, 32)
+    assert arch.structure == "ltx2" and arch.latent_channels == 128 and (arch.vae_temporal, arch.vae_spatial) == (8, 32)
     c = P.count_parameters(arch, 8, None)
     assert c.blocks == 2 and c.lora_layers == 20 and 0 < c.connectors < 1_431_475_200
