@@ -3,11 +3,13 @@
 The build runs in two phases so it is parallel, resumable and deterministic at once (stage.py,
 schedule.py, assemble.py; the settings are config.py's BuildConfig):
 
-1. **Stage** (parallel, one child process per title): probe, detect scenes, cut, filter, caption
-   and encode the title's clips into `OUT/work/TITLE_ID/` and finish with `result.json`. A title
+1. **Stage** (parallel, one child process per title): probe, detect scenes, cut, filter, encode
+   and caption the title's clips into `OUT/work/TITLE_ID/` and finish with `result.json`. A title
    whose `result.json` matches the current settings, manifest entry and source file is skipped on
-   a rerun, so an interrupted build resumes where it stopped. A child that crashes (decoders can
-   segfault) only costs its own title, which is quarantined with the reason.
+   a rerun, so an interrupted build resumes where it stopped (a title staged but not yet captioned
+   by the VLM is only captioned). A child that crashes (decoders can segfault) only costs its own
+   title, which is quarantined with the reason. `--engine ray` runs the same steps on Ray actors:
+   CPU-only staging workers and a separate pool of GPU caption workers (ray_stage.py).
 2. **Assemble** (one process, manifest order): drop near-duplicates across all titles, then write
    shards, `index.json` and the audit. The order never depends on which worker finished first,
    so `--workers 1` and `--workers 8` give bit-identical shards.
@@ -34,7 +36,7 @@ from reelora.data.assemble import assemble
 from reelora.data.config import BuildConfig
 from reelora.data.schedule import run_stage_jobs
 from reelora.data.shards import INDEX, read_index
-from reelora.data.stage import WORK, StagedTitle, load_staged
+from reelora.data.stage import UNCAPTIONED, WORK, StagedTitle, staged_status
 from reelora.lock import RunLock
 
 __all__ = ["BuildConfig", "BuildSummary", "build"]
@@ -97,7 +99,9 @@ def _build(library: mf.Library, out: Path, cfg: BuildConfig) -> BuildSummary:
         elif i % cfg.num_nodes == cfg.node_rank:
             eligible.append(title)
 
-    todo = [t for t in eligible if load_staged(work, t, cfg) is None]
+    left = {t.id: staged_status(StagedTitle.read(work, t.id), t, cfg) for t in eligible}
+    # a title staged but not captioned yet (a build stopped between the two) is only captioned
+    todo = [(t, "caption" if left[t.id] == UNCAPTIONED else "all") for t in eligible if left[t.id] != "done"]
     summary.titles_skipped = len(eligible) - len(todo)
     summary.titles_staged = len(todo)
     if cfg.engine == "ray":
@@ -115,8 +119,9 @@ def _build(library: mf.Library, out: Path, cfg: BuildConfig) -> BuildSummary:
     for title in library.titles:
         if title.id not in excluded:
             staged[title.id] = StagedTitle.read(work, title.id)
-            if staged[title.id] is None:
-                raise RuntimeError(f"{work / title.id}: no staged result after staging (was {work} changed meanwhile?)")
+            if staged[title.id] is None or staged[title.id].status == UNCAPTIONED:
+                what = "no staged result" if staged[title.id] is None else "clips still waiting for captions"
+                raise RuntimeError(f"{work / title.id}: {what} after staging (was {work} changed meanwhile?)")
     done = assemble(out, library, cfg, staged, summary.excluded_titles, previous)
     summary.clips, summary.shards, summary.titles_used = done.clips, done.shards, done.titles_used
     summary.quarantined = done.quarantined

@@ -9,7 +9,8 @@ import numpy as np
 __all__ = ["BuildConfig"]
 
 # where titles are staged, not what comes out: never part of a stage key or index.json
-_ENGINE = ("engine", "ray_address", "ray_cpus_per_title", "ray_gpus_per_worker", "ray_workers", "ray_retries")
+_ENGINE = ("engine", "ray_address", "ray_cpus_per_title", "ray_workers", "ray_caption_workers", "ray_gpus_per_captioner",
+           "ray_retries")
 
 
 @dataclass
@@ -24,9 +25,10 @@ class BuildConfig:
     workers: int = field(default=1, metadata={"help": "titles processed in parallel (one process each) by --engine local"})
     engine: str = field(default="local", metadata={"help": "who runs the per-title staging: local (--workers child processes on this machine) or ray (Ray tasks on a cluster, or on this machine; see --ray-address). Same shards either way"})
     ray_address: str = field(default="", metadata={"help": "--engine ray: the cluster to use: '' starts a private Ray on this machine, 'auto' joins the cluster this machine is part of (`ray start`), or HOST:PORT / ray://HOST:10001"})
-    ray_cpus_per_title: float = field(default=1.0, metadata={"help": "--engine ray: CPUs each Ray staging worker reserves (its decode threads)"})
-    ray_gpus_per_worker: float = field(default=0.0, metadata={"help": "--engine ray: GPUs each Ray staging worker reserves, for a GPU captioner (0.25 = four workers share a GPU); 0 = CPU-only workers"})
-    ray_workers: int = field(default=0, metadata={"help": "--engine ray: staging workers (Ray actors; each loads the captioner once); 0 = the cluster's CPUs / --ray-cpus-per-title"})
+    ray_cpus_per_title: float = field(default=1.0, metadata={"help": "--engine ray: CPUs each Ray staging worker reserves (its decode threads); staging workers never take a GPU"})
+    ray_workers: int = field(default=0, metadata={"help": "--engine ray: staging workers (CPU-only Ray actors: shots, cuts, scores, encoding); 0 = the cluster's CPUs (less one per caption worker) / --ray-cpus-per-title"})
+    ray_caption_workers: int = field(default=0, metadata={"help": "--engine ray with --captioner: caption workers (Ray actors holding the VLM, loaded once each), fed the titles the staging workers finish; 0 = one per --ray-gpus-per-captioner of the cluster's GPUs, or 1 on a cluster without GPUs"})
+    ray_gpus_per_captioner: float = field(default=1.0, metadata={"help": "--engine ray: GPUs each caption worker reserves (0.5 = two VLMs share a GPU); ignored on a cluster without GPUs or with --caption-device cpu"})
     ray_retries: int = field(default=3, metadata={"help": "--engine ray: times a title's task is rerun when its worker or node is lost"})
     strict: bool = field(default=False, metadata={"help": "exit non-zero if any file was quarantined (good clips are still written)"})
     node_rank: int = field(default=0, metadata={"help": "this machine's index for a multi-machine build (see module docs)"})
@@ -82,8 +84,11 @@ class BuildConfig:
             raise bad("ray_address", "needs --engine ray")
         if not self.ray_cpus_per_title > 0:
             raise bad("ray_cpus_per_title", "must be > 0")
-        if self.ray_gpus_per_worker < 0 or self.ray_workers < 0:
-            raise bad("ray_gpus_per_worker" if self.ray_gpus_per_worker < 0 else "ray_workers", "must be >= 0")
+        for name in ("ray_workers", "ray_caption_workers"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if not self.ray_gpus_per_captioner > 0:
+            raise bad("ray_gpus_per_captioner", "must be > 0")
         if self.ray_retries < 0:
             raise bad("ray_retries", "must be >= 0")
         if self.num_nodes < 1 or not 0 <= self.node_rank < self.num_nodes:
@@ -151,7 +156,10 @@ class BuildConfig:
                 "shard_max_clips", "shard_max_mb", "probe_timeout", "stall_timeout"}
         if not self.captioner:  # the VLM's settings change nothing without a VLM
             skip |= {"caption_frames", "caption_batch", "caption_max_tokens", "caption_device"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        if self.captioner:  # titles captioned before the VLM read the stored clips (not the raw frames) are redone
+            settings["caption_input"] = "stored clip"
+        return settings
 
     def output_settings(self) -> dict:
         """Settings recorded in index.json (everything that shapes the shards)."""

@@ -30,7 +30,8 @@ from reelora.data import manifest as mf
 from reelora.data.config import BuildConfig
 from reelora.data.shards import check_title_id
 from reelora.files import write_json_atomic
-from reelora.data.stage import HEARTBEAT, OutputError, StagedTitle, quarantine, stage_title, title_dir
+from reelora.data.stage import (UNCAPTIONED, HEARTBEAT, OutputError, StagedTitle, caption_title, quarantine,
+                                stage_title, title_dir)
 
 __all__ = ["run_stage_jobs", "StagingWorker", "job_for", "settle", "NO_SPACE", "CANNOT_WRITE", "STALLED"]
 
@@ -58,8 +59,13 @@ def _output_failure(work: Path, title: mf.Title, code: int) -> OSError:
                    "printed above); the title was not quarantined: fix that and rerun, finished titles are kept")
 
 
-def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, work: Path) -> None:
-    """Stage `jobs` (titles) into `work` on `cfg.workers` worker processes; returns when all are done."""
+STEPS = ("stage", "caption", "all")
+"""What a job asks of a worker: stage a title (leaving VLM captions for later), caption a staged title, or both."""
+
+
+def run_stage_jobs(library: mf.Library, jobs: list[tuple[mf.Title, str]], cfg: BuildConfig, work: Path) -> None:
+    """Run `jobs` ((title, step) pairs, step in STEPS) in `work` on `cfg.workers` worker processes;
+    returns when all are done."""
     from tqdm import tqdm
 
     if not jobs:
@@ -67,14 +73,15 @@ def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, 
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     pending = list(jobs)
     workers = [StagingWorker(threads) for _ in range(cfg.workers)]
-    running: dict[int, mf.Title] = {}  # slot -> the title its worker stages
+    running: dict[int, mf.Title] = {}  # slot -> the title its worker works on
     bar = tqdm(total=len(jobs), desc="titles", unit="title", disable=None)
     try:
         while pending or running:
             for slot, worker in enumerate(workers):
                 if slot not in running and pending:
-                    running[slot] = pending.pop(0)
-                    worker.start(job_for(library, running[slot], cfg, work, slot + 1))
+                    title, step = pending.pop(0)
+                    running[slot] = title
+                    worker.start(job_for(library, title, cfg, work, slot + 1, step))
             time.sleep(0.02)
             for slot, title in list(running.items()):
                 code = workers[slot].poll(cfg.stall_timeout)
@@ -90,9 +97,12 @@ def run_stage_jobs(library: mf.Library, jobs: list[mf.Title], cfg: BuildConfig, 
         bar.close()
 
 
-def job_for(library: mf.Library, title: mf.Title, cfg: BuildConfig, work: Path, slot: int) -> dict:
-    """What a staging worker needs to stage one title (written as its JOB.json)."""
-    return {"library": str(library.path), "title_id": title.id, "cfg": asdict(cfg), "work": str(work), "slot": slot}
+def job_for(library: mf.Library, title: mf.Title, cfg: BuildConfig, work: Path, slot: int, step: str = "all") -> dict:
+    """What a staging worker needs to work on one title (written as its JOB.json); `step` is one of STEPS."""
+    if step not in STEPS:
+        raise ValueError(f"job step {step!r}: must be one of {STEPS}")
+    return {"library": str(library.path), "title_id": title.id, "cfg": asdict(cfg), "work": str(work), "slot": slot,
+            "step": step}
 
 
 class StagingWorker:
@@ -269,11 +279,15 @@ def _child_main(argv: list[str]) -> int:
 
 
 def _run_job(job: dict) -> int:
-    """Stage the title of one job; returns the code the parent acts on."""
+    """Do one job (stage and/or caption a title); returns the code the parent acts on."""
     library = mf.load_library(job["library"])
     title, cfg, work = library.title(job["title_id"]), BuildConfig(**job["cfg"]), Path(job["work"])
     try:
-        stage_title(title, cfg, library.trigger, work, job["slot"])
+        status = UNCAPTIONED if job["step"] == "caption" else None
+        if job["step"] in ("stage", "all"):
+            status = stage_title(title, cfg, library.trigger, work, job["slot"]).status
+        if job["step"] in ("caption", "all") and status == UNCAPTIONED:
+            caption_title(title, cfg, library.trigger, work, job["slot"])
     except OutputError as exc:  # our disk, not the title: the parent stops the build
         print(f"error: {exc}", file=sys.stderr)
         return NO_SPACE if exc.errno in _NO_SPACE_ERRNOS else CANNOT_WRITE

@@ -1,4 +1,4 @@
-"""Staging one title: probe, find shots, cut, score and filter, caption and encode its clips into OUT/work/TITLE_ID/.
+"""Staging one title: probe, find shots, cut, score and filter, encode and caption its clips into OUT/work/TITLE_ID/.
 
 What staging produced is a `StagedTitle`, written to `OUT/work/TITLE_ID/result.json` and read back
 only through `StagedTitle.write` / `StagedTitle.read`. A title whose result matches the current
@@ -8,12 +8,20 @@ Decoding runs twice on purpose: pass 1 reads small frames for every grid point t
 transitions (TransNetV2, or PySceneDetect) and the allowed windows, pass 2 decodes only the frames of
 the planned clips at the output size (and scores their quality), so no full-size copy of a feature film
 is ever held in memory.
+
+Captioning with a VLM is a step of its own (`caption_title`): staging leaves the clips no sidecar
+covers waiting (status "uncaptioned"), and the caption step decodes each stored clip, batches the
+frames the VLM looks at and finishes the result ("done"). The local engine runs both steps in one
+worker; `--engine ray` runs them on separate pools (CPU staging actors, GPU caption actors). Both
+caption from the stored clip, the same bytes either way, so the shards do not depend on the engine.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,8 +40,10 @@ WORK = "work"  # OUT/work/TITLE_ID/: staged clips, the resume cache of `shards b
 RESULT = "result.json"
 HEARTBEAT = "heartbeat"
 
-__all__ = ["WORK", "OutputError", "StagedClip", "StagedTitle", "title_dir", "stage_title", "load_staged",
-           "quarantine", "title_stage_key"]
+__all__ = ["WORK", "OutputError", "StagedClip", "StagedTitle", "title_dir", "stage_title", "caption_title",
+           "load_staged", "staged_status", "quarantine", "title_stage_key"]
+
+UNCAPTIONED = "uncaptioned"  # a staged title whose VLM captions are still to be written (caption_title)
 
 
 class OutputError(OSError):
@@ -70,7 +80,7 @@ class StagedTitle:
     title_id: str
     path: str
     key: dict  # title_stage_key(): the inputs this result is valid for
-    status: str = "done"  # or "quarantined" (then `reason` says why)
+    status: str = "done"  # or "quarantined" (then `reason` says why), or UNCAPTIONED (caption_title finishes it)
     reason: str = ""
     clips: list[StagedClip] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)  # clipmod.Rejected.to_dict(): windows left out, why
@@ -126,9 +136,14 @@ def title_stage_key(title: mf.Title, cfg: BuildConfig) -> dict:
 def load_staged(work: Path, title: mf.Title, cfg: BuildConfig) -> StagedTitle | None:
     """The staged result of a title if it is finished and still current, else None."""
     staged = StagedTitle.read(work, title.id)
-    if staged is None or staged.status != "done":
+    return staged if staged_status(staged, title, cfg) == "done" else None
+
+
+def staged_status(staged: StagedTitle | None, title: mf.Title, cfg: BuildConfig) -> str | None:
+    """What is left of a title's staging: None (stage it), UNCAPTIONED (caption it) or "done"."""
+    if staged is None or staged.status not in ("done", UNCAPTIONED):
         return None  # quarantined titles are retried: the file may have been fixed
-    return staged if staged.key == title_stage_key(title, cfg) else None
+    return staged.status if staged.key == title_stage_key(title, cfg) else None
 
 
 def quarantine(work: Path, title: mf.Title, cfg: BuildConfig, reason: str) -> None:
@@ -140,6 +155,7 @@ def quarantine(work: Path, title: mf.Title, cfg: BuildConfig, reason: str) -> No
 def stage_title(title: mf.Title, cfg: BuildConfig, trigger: str, work: Path, slot: int = 0) -> StagedTitle:
     """Turn one title into staged clips under `work/TITLE_ID/`; return (and write) its result.
 
+    Clips waiting for a VLM caption leave the result UNCAPTIONED: `caption_title` finishes it.
     Never raises for bad media (or a bad caption sidecar): problems become a "quarantined" result
     with the reason.
 
@@ -171,6 +187,8 @@ def _stage(title: mf.Title, cfg: BuildConfig, trigger: str, tdir: Path, staged: 
     staged.source_sha256 = sha256_file(title.path)
     windows = _plan_clips(title, cfg, info, staged, heart, slot)
     _cut_clips(title, cfg, trigger, info, windows, tdir, staged, heart, slot)
+    if any(_awaits_caption(c) for c in staged.clips):
+        staged.status = UNCAPTIONED
     staged.seconds_used = round(len(staged.clips) * cfg.num_frames / cfg.fps, 4)
 
 
@@ -219,13 +237,11 @@ def _plan_clips(title: mf.Title, cfg: BuildConfig, info, staged: StagedTitle, he
 
 def _cut_clips(title: mf.Title, cfg: BuildConfig, trigger: str, info, windows: list, tdir: Path,
                staged: StagedTitle, heart: "Heartbeat", slot: int) -> None:
-    """Pass 2: decode just the frames of the planned windows at the output size; filter, caption, encode."""
+    """Pass 2: decode just the frames of the planned windows at the output size; filter, encode."""
     from tqdm import tqdm
 
     entries, problems = cap.load_sidecar(title.captions) if title.captions else ([], [])
     staged.warnings += problems
-    captioner = cap.captioner_for(cfg) if cfg.captioner and windows else None
-    to_caption: list[tuple[StagedClip, cap.Picked]] = []  # clips waiting for the VLM: a batch of their frames
     rights = mf.rights_record(title)
     wanted = [w.start + i for w in windows for i in range(w.length)]
     frames: list[np.ndarray] = []
@@ -251,27 +267,59 @@ def _cut_clips(title: mf.Title, cfg: BuildConfig, trigger: str, info, windows: l
         else:
             staged.clips.append(_write_clip(title, cfg, trigger, tdir, current, clip, entries, rights, staged))
             staged.clips[-1].meta["quality"] = clipmod.rounded(scores)
-            if staged.clips[-1].meta["caption_source"] == "vlm":
-                to_caption.append((staged.clips[-1], captioner.pick(clip)))
-            if len(to_caption) >= cfg.caption_batch:
-                _caption_batch(title, cfg, trigger, captioner, to_caption)
-                heart.beat()  # a VLM batch on a slow device is progress too
         bar.update()
         current = next(window_iter, None)
-    if to_caption:
-        _caption_batch(title, cfg, trigger, captioner, to_caption)
     bar.close()
     if report.stopped_at is not None:
         staged.warnings.append(f"second decoding pass stopped early: {report.error}")
 
 
-def _caption_batch(title, cfg, trigger, captioner, to_caption: list) -> None:
-    """Caption the waiting clips in one VLM call (memory: the picked frames of one batch, never a whole title)."""
-    texts = captioner.caption_batch([picked for _, picked in to_caption])
-    for (staged_clip, _), text in zip(to_caption, texts):
-        staged_clip.meta["caption"] = text
-        staged_clip.meta["caption"] = _final_caption(title, cfg, trigger, staged_clip)
-    to_caption.clear()
+def _awaits_caption(staged_clip: StagedClip) -> bool:
+    return staged_clip.meta["caption_source"] == "vlm" and not staged_clip.meta["caption"]
+
+
+def caption_title(title: mf.Title, cfg: BuildConfig, trigger: str, work: Path, slot: int = 0) -> StagedTitle:
+    """Write the VLM captions of an UNCAPTIONED staged title (from its stored clips) and mark it done.
+
+    The captioner loads once per process (`captions.captioner_for`); `cfg.caption_batch` clips per
+    batch, so memory holds the frames the VLM looks at for one batch, never a whole title.
+
+    Raises:
+        OutputError: writing the result failed (disk full ...).
+        video.MediaError: a stored clip does not decode (OUT/work was changed under the build).
+    """
+    from tqdm import tqdm
+
+    tdir = title_dir(work, title.id)
+    staged = StagedTitle.read(work, title.id)
+    if staged is None or staged.status != UNCAPTIONED:
+        raise ValueError(f"{tdir / RESULT}: no staged result waiting for captions")
+    heart = Heartbeat(tdir / HEARTBEAT)
+    waiting = [c for c in staged.clips if _awaits_caption(c)]
+    with heart.kept_alive():  # loading a 7B VLM from shared storage can take minutes: that is not a hang
+        captioner = cap.captioner_for(cfg)
+    bar = tqdm(total=len(waiting), desc=f"{title.id} captions", unit="clip", position=slot, leave=False,
+               disable=None)
+    for i in range(0, len(waiting), cfg.caption_batch):
+        batch = waiting[i:i + cfg.caption_batch]
+        picks = []
+        for staged_clip in batch:
+            path = tdir / "clips" / f"{staged_clip.meta['key']}.mp4"
+            try:
+                frames = video.decode_clip(path.read_bytes()).permute(0, 2, 3, 1).numpy()
+            except (OSError, video.MediaError) as exc:
+                raise video.MediaError(f"{path}: cannot read the staged clip to caption it: {exc}") from exc
+            picks.append(captioner.pick(frames))
+            heart.beat()
+        for staged_clip, text in zip(batch, captioner.caption_batch(picks)):
+            staged_clip.meta["caption"] = text
+            staged_clip.meta["caption"] = _final_caption(title, cfg, trigger, staged_clip)
+        heart.beat()  # a VLM batch on a slow device is progress too
+        bar.update(len(batch))
+    bar.close()
+    staged.status = "done"
+    staged.write(work)
+    return staged
 
 
 def _final_caption(title, cfg, trigger, staged_clip: StagedClip) -> str:
@@ -287,7 +335,7 @@ def _final_caption(title, cfg, trigger, staged_clip: StagedClip) -> str:
 
 
 def _write_clip(title, cfg, trigger, tdir, window, clip, entries, rights, staged) -> StagedClip:
-    """Encode one clip and its metadata; a clip for the VLM gets its caption later (`_caption_batch`)."""
+    """Encode one clip and its metadata; a clip for the VLM gets its caption later (`caption_title`)."""
     import cv2
 
     fps = cfg.fps
@@ -338,3 +386,23 @@ class Heartbeat:
             except OSError as exc:
                 raise OutputError(self.path, exc) from exc
             self._last = now
+
+    @contextlib.contextmanager
+    def kept_alive(self):
+        """Beat from a thread while the body runs one long call that cannot report progress (a model load)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.every):
+                try:
+                    self.path.touch()
+                except OSError:
+                    return  # the body's own writes will report the disk
+
+        thread = threading.Thread(target=beat, daemon=True, name="heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()

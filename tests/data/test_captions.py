@@ -6,7 +6,11 @@ import json
 import pytest
 
 from reelora.data.build import build
-from reelora.data.captions import clean_caption, load_sidecar, sidecar_caption, template_caption
+from reelora.data.captions import (captioner_for, clean_caption, load_sidecar, sidecar_caption, template_caption,
+                                   with_trigger)
+from reelora.data.manifest import load_library
+from reelora.data.stage import UNCAPTIONED, WORK, stage_title, staged_status
+from reelora.data.video import decode_clip
 from tests.data.conftest import shard_metas, tiny_config, write_library
 from tests.media import make_video
 
@@ -64,19 +68,37 @@ def make_tiny_blip(directory):
     return directory
 
 
-def test_vlm_captions_clips_without_a_sidecar(tmp_path):
+def test_vlm_captions_clips_without_a_sidecar_from_the_stored_clip(tmp_path):
+    """Staging leaves VLM clips waiting (what a CPU-only Ray staging worker hands on); the build then only
+    captions them, from the stored clip's frames, and keeps the staged clips."""
     pytest.importorskip("transformers")
     model = make_tiny_blip(tmp_path / "tiny-blip")
     make_video(tmp_path / "v.mp4", 2, 8, 96, 64)
     (tmp_path / "v.jsonl").write_text(json.dumps({"start": 0, "end": 1, "caption": "from the sidecar"}) + "\n")
     lib = write_library(tmp_path, [{"id": "v", "path": "v.mp4", "captions": "v.jsonl"}])
-    build(lib, tmp_path / "out", tiny_config(captioner=str(model), caption_max_chars=60))
+    cfg = tiny_config(captioner=str(model), caption_max_chars=60)
+    library, work = load_library(lib), tmp_path / "out" / WORK
+    staged = stage_title(library.title("v"), cfg, library.trigger, work)
+    assert staged.status == UNCAPTIONED and staged_status(staged, library.title("v"), cfg) == UNCAPTIONED
+    waiting = {c.meta["start_s"]: c.meta for c in staged.clips}
+    assert waiting[1.0]["caption_source"] == "vlm" and waiting[1.0]["caption"] == ""
+    assert waiting[0.0]["caption"] == "tst style, from the sidecar"
+    stored = {p.name: p.stat().st_mtime_ns for p in (work / "v" / "clips").iterdir()}
+
+    summary = build(lib, tmp_path / "out", cfg)
+    assert summary.titles_staged == 1 and summary.clips == 2
+    assert {p.name: p.stat().st_mtime_ns for p in (work / "v" / "clips").iterdir()} == stored  # captioned only
     metas = {m["start_s"]: m for m in shard_metas(tmp_path / "out")}
     assert metas[0.0]["caption_source"] == "sidecar" and metas[0.0]["caption"] == "tst style, from the sidecar"
     vlm = metas[1.0]
     assert vlm["caption_source"] == "vlm"
     assert vlm["caption"].startswith("tst style, ") and len(vlm["caption"]) > len("tst style, ")
     assert len(vlm["caption"]) <= 60 and vlm["caption"] == clean_caption(vlm["caption"])
+    # the VLM saw the stored clip's decoded frames (the same bytes on any engine), not the raw ones
+    captioner = captioner_for(cfg)
+    frames = decode_clip((work / "v" / "clips" / f"{vlm['key']}.mp4").read_bytes()).permute(0, 2, 3, 1).numpy()
+    text = captioner.caption_batch([captioner.pick(frames)])[0]
+    assert vlm["caption"] == clean_caption(with_trigger("tst style", text), 60)
 
 
 def test_unloadable_captioner_fails_before_any_work(tmp_path):

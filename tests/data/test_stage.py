@@ -1,6 +1,8 @@
 """Staging one title: quarantine reasons, rights ranges, filters, captions, metadata, decoding by timestamp."""
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from reelora.data.audit import read_audit
 from reelora.data.manifest import load_library
 from reelora.data.shards import read_index, read_shard_samples
-from reelora.data.stage import StagedClip, StagedTitle, load_staged, quarantine, title_stage_key
+from reelora.data.stage import Heartbeat, StagedClip, StagedTitle, load_staged, quarantine, title_stage_key
 from reelora.data.video import decode_clip
 from tests.data.conftest import clips_by_title, shard_metas, tiny_config, write_library
 from tests.media import make_video, read_clock
@@ -142,3 +144,16 @@ def test_work_files_do_not_steer_paths(tmp_path):
                 {"clips": [{"meta": {"key": "b_0000000"}, "signature": "00"}]}]:  # another title's key
         (work / "a" / "result.json").write_text(json.dumps({**json.loads(json.dumps(good.__dict__, default=vars)), **bad}))
         assert StagedTitle.read(work, "a") is None  # read as "not staged": the title is staged again
+
+
+def test_heartbeat_is_kept_alive_through_one_long_call(tmp_path):
+    """A caption worker loading a big VLM beats while it loads, so the stall clock does not kill it."""
+    heart = Heartbeat(tmp_path / "heartbeat", every=0.05)
+    os.utime(tmp_path / "heartbeat", (0, 0))
+    with heart.kept_alive():
+        time.sleep(0.3)  # the long call
+    beaten = (tmp_path / "heartbeat").stat().st_mtime
+    assert beaten > time.time() - 5
+    os.utime(tmp_path / "heartbeat", (0, 0))
+    time.sleep(0.2)
+    assert (tmp_path / "heartbeat").stat().st_mtime == 0  # the thread stops with the call
