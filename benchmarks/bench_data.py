@@ -17,24 +17,28 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.media for generated footage
 
 
-def make_library(root: Path, titles: int, seconds: float) -> Path:
+def make_library(root: Path, titles: int, seconds: float, shot_seconds: float = 4.0) -> Path:
+    """`titles` generated 1280x720 24 fps titles of `seconds`, with a cut every `shot_seconds`."""
     import yaml
 
     from tests.media import make_video
 
     entries = []
+    cuts = [float(c) for c in np.arange(shot_seconds, seconds, shot_seconds)]
     for i in range(titles):
-        # 1280x720 sources with a cut every 4 s: decode + resize cost like real footage
-        make_video(root / f"t{i}.mp4", seconds, 24, 1280, 720, scene_cuts=[c for c in range(4, int(seconds), 4)],
-                   palette_offset=i, crf=23)
+        # 1280x720 sources with regular cuts: decode + resize cost like real footage
+        make_video(root / f"t{i}.mp4", seconds, 24, 1280, 720, scene_cuts=cuts, palette_offset=i, crf=23)
         entries.append({"id": f"t{i}", "path": f"t{i}.mp4", "title": f"Title {i}",
                         "rights": {"holder": "Bench", "license": "BENCH", "training_allowed": True}})
     path = root / "library.yaml"
@@ -89,11 +93,15 @@ def stage_throughput(path: Path, cfg) -> dict:
         clipmod.quality_scores(c, cfg.black_level)
     out["quality_x_realtime"] = rate(time.perf_counter() - t0, n / cfg.fps)
     t0 = time.perf_counter()
-    for c in clips:
-        video.encode_clip(c, cfg.fps, crf=cfg.crf, preset=cfg.preset)
+    stored = [video.encode_clip(c, cfg.fps, crf=cfg.crf, preset=cfg.preset) for c in clips]
     out["encode_x_realtime"] = rate(time.perf_counter() - t0, n / cfg.fps)
     if cfg.captioner:  # a VLM: loaded once per worker (reported apart), then batches of --caption-batch clips
         from reelora.data.captions import VLMCaptioner
+
+        # the caption step reads the stored clips (stage.caption_title): its CPU share
+        t0 = time.perf_counter()
+        clips = [video.decode_clip(b).permute(0, 2, 3, 1).numpy() for b in stored]
+        out["decode_stored_clips_x_realtime"] = rate(time.perf_counter() - t0, n / cfg.fps)
 
         t0 = time.perf_counter()
         captioner = VLMCaptioner(cfg.captioner, cfg.captioner_prompt, cfg.caption_max_tokens, cfg.caption_device,
@@ -139,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
 
             library = sample_library(root / "lib")
         else:
-            library = make_library(root / "lib", args.titles, args.seconds)
+            # shots a little longer than a clip (at least 4 s), so every shot holds one: 81-frame clips at
+            # 16 fps (5.06 s) from 4 s shots would build nothing
+            shot = max(4.0, math.ceil(args.num_frames / args.fps) + 1.0)
+            library = make_library(root / "lib", args.titles, args.seconds, shot)
         cfg = BuildConfig(num_frames=args.num_frames, fps=args.fps, height=args.height, width=args.width,
                           workers=args.workers, decoder=args.decoder, captioner=args.captioner,
                           caption_device=args.caption_device)

@@ -180,11 +180,12 @@ def stage_title(title: mf.Title, cfg: BuildConfig, trigger: str, work: Path, slo
 
 def _stage(title: mf.Title, cfg: BuildConfig, trigger: str, tdir: Path, staged: StagedTitle, slot: int) -> None:
     heart = Heartbeat(tdir / HEARTBEAT)
-    info = video.probe(title.path, timeout=cfg.probe_timeout)
+    with heart.kept_alive():  # the probe is one call with its own timeout (--probe-timeout): not a stall
+        info = video.probe(title.path, timeout=cfg.probe_timeout)
     if cfg.decoder == "pyav" and info.decoder != "pyav":
         info = dataclasses.replace(info, decoder="pyav", decord_error="PyAV chosen by --decoder pyav")
     staged.probe = info.to_dict()
-    staged.source_sha256 = sha256_file(title.path)
+    staged.source_sha256 = sha256_file(title.path, progress=heart.beat)
     windows = _plan_clips(title, cfg, info, staged, heart, slot)
     _cut_clips(title, cfg, trigger, info, windows, tdir, staged, heart, slot)
     if any(_awaits_caption(c) for c in staged.clips):

@@ -17,12 +17,15 @@ __all__ = ["sha256_file", "sha256_bytes", "json_bytes", "write_bytes_atomic", "w
            "write_json_atomic", "save_safetensors_atomic", "atomic_write"]
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+def sha256_file(path: str | Path, progress: Callable[[], None] | None = None) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks; `progress()` is called after each block
+    (a staging worker's heartbeat: hashing a feature film on shared storage takes minutes)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+            if progress is not None:
+                progress()
     return h.hexdigest()
 
 
