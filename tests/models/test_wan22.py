@@ -186,3 +186,29 @@ def test_one_trained_expert_writes_its_files_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "README.md", "comfyui_lora_low_noise.safetensors", "pytorch_lora_weights_low_noise.safetensors"]
     assert [a.component for a in read_adapters(tmp_path, 1.0, "wan22-a14b")] == ["transformer_2"]
+
+
+def test_switching_an_expert_adapter_moves_both_experts_together(expert_adapter):
+    """A two-expert adapter folder attached to a loaded backbone is one name with one Adapter per expert: switched
+    on, the frames of a Sampler built with it; a low-noise file alone leaves the high-noise expert at its base;
+    none, the base; bit for bit each."""
+    from reelora.models.sample import Sampler
+
+    out, _ = expert_adapter
+    low = out / "pytorch_lora_weights_low_noise.safetensors"
+
+    def run(sampler):
+        return sampler.generate("a fox", seed=1, steps=2, num_frames=5).frames
+
+    base, styled, low_only = (run(Sampler(A14B, loras, progress=False)) for loras in ([], [str(out)], [str(low)]))
+    s = Sampler(A14B, progress=False)
+    assert [a.component for a in s.add_adapter("style", out)] == ["transformer", "transformer_2"]
+    s.add_adapter("low", low)
+    s.use_adapters({"style": 1.0})
+    assert np.array_equal(run(s), styled)
+    assert [(a.path.name, a.component) for a in s.adapters] == [
+        ("pytorch_lora_weights.safetensors", "transformer"), ("pytorch_lora_weights_low_noise.safetensors", "transformer_2")]
+    s.use_adapters({"low": 1.0})
+    assert np.array_equal(run(s), low_only) and not np.array_equal(low_only, styled) and not np.array_equal(low_only, base)
+    s.use_adapters({})
+    assert np.array_equal(run(s), base)
