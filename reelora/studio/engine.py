@@ -67,9 +67,9 @@ class Studio:
             if e.adapter is None:
                 continue
             try:
-                self.sampler.add_adapter(e.key, e.adapter)  # checked against the backbone before it loads
+                self.sampler.add_adapter(e.key, e.experts or [e.adapter])  # checked against the backbone before it loads
             except adapter_io.AdapterError as exc:
-                e.adapter, e.error = None, str(exc)
+                e.adapter, e.experts, e.error = None, [], str(exc)
                 continue
             self.adapters[e.key] = e
         self.defaults: SampleSettings = self.sampler.defaults

@@ -66,21 +66,10 @@ def test_saved_a14b_loads_both_experts_and_its_boundary(tmp_path):
 @pytest.fixture(scope="module")
 def expert_adapter(tmp_path_factory):
     """A two-expert adapter as training writes it (save_adapter), with random non-zero lora_B per expert."""
-    from reelora.models.lora import attach_lora, lora_state_dict, save_adapter
-    from reelora.models.wan22 import Experts
+    from tests.models.conftest import write_expert_adapter
 
-    spec, comps = load_model(A14B, components=("transformer",))
-    both = Experts(comps.transformer, comps.transformer_2, adapted=("transformer", "transformer_2"))
-    g = torch.Generator().manual_seed(0)
-    for m in (both.transformer, both.transformer_2):
-        attach_lora(m, rank=4, alpha=4.0, target_modules=list(spec.lora_targets))
-        for n, p in m.named_parameters():
-            if "lora_B" in n:
-                p.data = torch.randn(p.shape, generator=g) * 0.5
     out = tmp_path_factory.mktemp("a14b-adapter")
-    paths = save_adapter(out, lora_state_dict(both), rank=4, alpha=4.0, target_modules=list(spec.lora_targets),
-                         family="wan22-a14b", lineage={"base_model": A14B})
-    return out, paths
+    return out, write_expert_adapter(out)
 
 
 def test_adapter_has_one_file_per_expert_in_each_format(expert_adapter):
