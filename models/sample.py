@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -359,7 +359,7 @@ class Sampler:
             log.warning(w)
         return group
 
-    def use_adapters(self, strengths: dict[str, float]) -> None:
+    def use_adapters(self, strengths: Mapping[str, float]) -> None:
         """Choose the attached adapters the next clips use, by name, at their strengths (0 or absent = off).
 
         None active gives the base model exactly (peft's layers pass the base output through); one adapter
