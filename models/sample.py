@@ -10,6 +10,10 @@ The notebook API mirrors `reelora sample`:
     clip = sampler.generate("a red fox in the snow", seed=3)  # clip.frames: uint8 [F, H, W, 3]
     sampler.save(clip, "samples")                           # samples/<name>.mp4 + <name>.json
 
+    sampler = Sampler("tiny-wan")                           # one backbone, adapters switched per clip
+    sampler.add_adapter("fox", "out/adapter")
+    sampler.use_adapters({"fox": 0.8})                     # {} = the base model exactly
+
 Each clip is the diffusers pipeline of the model's spec, run with a CPU `torch.Generator` seeded from
 the request, so the same model, adapters, prompt, seed and settings give identical frames: bit for bit in
 any process on the same machine, because the sampler's math runs in `reproducible_math` (see there why).
@@ -25,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -231,11 +235,17 @@ class SampleResult:
 class Sampler:
     """A backbone with its adapters attached, ready to sample many clips.
 
+    More adapters can be attached to the loaded backbone (`add_adapter`) and switched per clip
+    (`use_adapters`), so a studio or a sweep loads the backbone once. `adapters`, `adapter_names` and
+    `warnings` always describe the adapters active now: what the provenance of the next clip records.
+
     Args:
         model: `tiny-wan`, `tiny-ltx`, a local diffusers directory, or a hub id (already cached when offline).
         loras: adapters as 'PATH[:SCALE]' strings or (path, scale) pairs; a directory means its
             `pytorch_lora_weights.safetensors`. Scales mix them; scale 0 reproduces the base exactly.
-        fuse: merge the adapters into the weights (faster; same frames within float tolerance).
+            They are attached under their path as given (`attached`), active at their scales.
+        fuse: merge the adapters into the weights (faster; same frames within float tolerance). A fused
+            sampler cannot attach or switch adapters.
         device: 'cuda', 'cpu', ...; default cuda when available.
         dtype: transformer/text-encoder dtype; default bfloat16 on GPU, float32 on CPU.
         cpu_offload: diffusers `enable_model_cpu_offload` (GPU only; ignored with a warning on CPU).
@@ -270,8 +280,19 @@ class Sampler:
         if isinstance(loras, (str, Path)):  # one adapter given bare, not in a list
             loras = [loras]
         # Adapters are read and checked for format/NaN before the (possibly large) backbone loads.
-        # read_adapters: a two-expert backbone's adapter folder gives one Adapter per expert (models/wan22.py).
-        self.adapters = [a for p, s in (_lora_pair(x) for x in loras) for a in adapter_io.read_adapters(p, s, spec.family)]
+        # `attached`: every adapter on the backbone by the name `use_adapters` takes, as read_adapters gives it:
+        # one Adapter per expert of a two-expert backbone (models/wan22.py), so a folder's experts switch together.
+        self.attached: dict[str, list[adapter_io.Adapter]] = {}
+        for path, scale in (_lora_pair(x) for x in loras):
+            key, n = path, 1
+            while key in self.attached:  # the same file twice (at two scales) is two adapters
+                n += 1
+                key = f"{path}#{n}"
+            self.attached[key] = adapter_io.read_adapters(path, scale, spec.family)
+        self.adapters = [a for group in self.attached.values() for a in group]
+        # The attached adapters in use, by name, at their strengths (the constructor's at theirs, 0 included).
+        self.strengths = {key: group[0].scale for key, group in self.attached.items()}
+        self.fuse = fuse
         self.signing = resolve_signing_key(sign_cert, sign_key)  # a bad certificate fails before the model loads
 
         offload = cpu_offload and self.device.type != "cpu"
@@ -298,6 +319,92 @@ class Sampler:
             self.pipe.vae.enable_slicing()
         self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps", position=1)
         self.defaults = sample_defaults(model, self.spec)
+
+    # -- switching adapters -------------------------------------------------------------------------------
+
+    def add_adapter(self, name: str, lora: str | Path | adapter_io.Adapter | Sequence[adapter_io.Adapter]) -> list[adapter_io.Adapter]:
+        """Attach one more adapter to the loaded backbone, off until `use_adapters` names it.
+
+        Args:
+            name: what `use_adapters` calls it (a label of the caller's: a studio key, 'rank 4').
+            lora: an adapter file or folder (a two-expert backbone's folder gives one Adapter per expert), or
+                Adapters already read (`adapter_io.read_adapter(s)`).
+
+        Returns:
+            The attached Adapters (one per expert).
+
+        Raises:
+            ValueError: the name is taken. AdapterError: the file is unusable or does not fit this backbone
+                (checked before anything loads: the backbone is unchanged).
+            RuntimeError: a fused sampler.
+        """
+        self._check_switchable("attach an adapter")
+        if name in self.attached:
+            raise ValueError(f"adapter name {name!r} is already attached; attached: {', '.join(self.attached)}")
+        if isinstance(lora, adapter_io.Adapter):
+            lora = [lora]
+        elif isinstance(lora, (str, Path)):
+            lora = adapter_io.read_adapters(lora, 1.0, self.spec.family)
+        # Copies: peft's adapter name is set on them, and the caller's Adapter may be attached elsewhere too.
+        # A peft name must be new to the denoiser (the constructor's are lora0, lora1, ...).
+        taken = {n for c in ("transformer", "transformer_2")
+                 for n in (getattr(getattr(self.pipe, c, None), "peft_config", None) or {})}
+        free = (f"lora{i}" for i in range(len(taken) + len(lora) + 1) if f"lora{i}" not in taken)
+        group = [replace(a, name=next(free)) for a in lora]
+        with reproducible_math(self.deterministic):
+            adapter_io.attach(self.pipe, group, model_name=self.model)  # validates all before loading any
+            self.attached[name] = group
+            self._apply()  # attach activated the new adapter alone: back to the strengths in use
+        for w in (w for a in group for w in _lineage_mismatch(a, self.model, self.comps.revision)):
+            log.warning(w)
+        return group
+
+    def use_adapters(self, strengths: Mapping[str, float]) -> None:
+        """Choose the attached adapters the next clips use, by name, at their strengths (0 or absent = off).
+
+        None active gives the base model exactly (peft's layers pass the base output through); one adapter
+        at strength s gives the frames of a Sampler built with that adapter alone at scale s, bit for bit.
+        Active adapters add up in the order they were attached, whatever the order of `strengths`.
+
+        Raises:
+            ValueError: an unknown name (the attached ones are listed). AdapterError: an out-of-range strength,
+                or a DoRA adapter at a strength other than 1. Nothing changes on error.
+            RuntimeError: a fused sampler.
+        """
+        self._check_switchable("switch adapters")
+        unknown = sorted(set(strengths) - set(self.attached))
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {', '.join(unknown)}; attached: {', '.join(self.attached) or 'none'}")
+        active = {k: float(strengths[k]) for k in self.attached if k in strengths and float(strengths[k]) != 0.0}
+        for key, s in active.items():
+            for a in self.attached[key]:
+                adapter_io.check_scales(a.path, s, None, {})
+                if s != 1.0 and any(k.endswith(".lora_magnitude_vector") for k in a.state_dict):
+                    raise adapter_io.AdapterError(
+                        f"adapter {a.path}: a DoRA adapter mixes at strength 1 only (peft does not scale its "
+                        f"magnitude vectors), got {s:g}")
+        self.strengths = active
+        self._apply()
+
+    def _apply(self) -> None:
+        """Set peft's active adapters and weights on each denoiser from `strengths`; record them for provenance."""
+        used = [replace(a, scale=s) for key, s in self.strengths.items() for a in self.attached[key]]
+        for c in sorted({a.component for group in self.attached.values() for a in group}):
+            denoiser = getattr(self.pipe, c)  # each expert of a two-expert backbone mixes its own adapters
+            mine = [a for a in used if a.component == c]
+            if mine:
+                denoiser.enable_lora()
+                denoiser.set_adapters([a.name for a in mine], [a.scale for a in mine])
+            else:
+                denoiser.disable_lora()  # the base model exactly: LoRA layers pass the base output through
+        self.adapters = used
+        self.adapter_names = [a.name for a in used]
+        self.warnings = [w for a in used for w in _lineage_mismatch(a, self.model, self.comps.revision)]
+
+    def _check_switchable(self, what: str) -> None:
+        if self.fuse:
+            raise RuntimeError(f"cannot {what} on a fused sampler: Sampler(fuse=True) merged its adapters into the "
+                               f"backbone's weights; build it with fuse=False to switch adapters per clip")
 
     # -- one clip -----------------------------------------------------------------------------------------
 

@@ -456,10 +456,10 @@ def sample_grid(cfg, per_rank: list[dict], prompts: list[str], seeds: list[int],
     clips to OUT/grid/<row>/ and the grid to OUT/sample_grid.png; with a style reference, each row's style
     distance to it.
 
-    A row that fails to sample is reported, not raised: the training runs it follows are worth more.
+    The backbone loads once: every rank's adapter is attached to one Sampler and each row switches to its own
+    (the base row to none), which gives the frames a Sampler per row would. A row that fails to sample is
+    reported, not raised: the training runs it follows are worth more.
     """
-    from reelora.models.sample import Sampler
-
     rows = [("base", None)] + [(f"rank {r['rank']}", r["adapter"]) for r in per_rank if r.get("adapter")]
     ref = None
     if style_reference:
@@ -469,26 +469,30 @@ def sample_grid(cfg, per_rank: list[dict], prompts: list[str], seeds: list[int],
     settings = {k: v for k, v in vars(cfg.validation.sample).items()}
     grid = {"prompts": prompts, "seeds": seeds, "settings": settings, "style_reference": style_reference, "rows": []}
     cells: list[tuple[str, list[np.ndarray] | None]] = []
+    sampler, errors = grid_sampler(cfg.model, rows)
     for label, adapter in rows:
-        row = {"label": label, "adapter": adapter, "error": None, "style_distance": None, "files": []}
+        row = {"label": label, "adapter": adapter, "error": errors.get(label), "style_distance": None, "files": []}
+        clips = None
         try:
-            sampler = Sampler(cfg.model, loras=[(adapter, 1.0)] if adapter else [], progress=False)
-            clips = []
-            for p_i, prompt in enumerate(prompts):
-                for seed in seeds:
-                    clip = sampler.generate(prompt, seed=seed, **settings)
-                    name = f"p{p_i}-seed{seed}"
-                    sampler.save(clip, out / "grid" / label.replace(" ", "-"), name=name)
-                    row["files"].append(str(out / "grid" / label.replace(" ", "-") / f"{name}.mp4"))
-                    clips.append(clip.frames)
-            if ref is not None:
-                from reelora.demo.style import style_distance
+            if row["error"] is None:
+                sampler.use_adapters({label: 1.0} if adapter else {})
+                clips = []
+                for p_i, prompt in enumerate(prompts):
+                    for seed in seeds:
+                        clip = sampler.generate(prompt, seed=seed, **settings)
+                        name = f"p{p_i}-seed{seed}"
+                        sampler.save(clip, out / "grid" / label.replace(" ", "-"), name=name)
+                        row["files"].append(str(out / "grid" / label.replace(" ", "-") / f"{name}.mp4"))
+                        clips.append(clip.frames)
+                if ref is not None:
+                    from reelora.demo.style import style_distance
 
-                row["style_distance"] = style_distance(clips, ref)
-            log(f"[grid] {label}: {len(clips)} clips" + ("" if ref is None else f", style distance {row['style_distance']:.3f}"))
+                    row["style_distance"] = style_distance(clips, ref)
+                log(f"[grid] {label}: {len(clips)} clips" + ("" if ref is None else f", style distance {row['style_distance']:.3f}"))
         except Exception as exc:  # keep the sweep's results; say which row failed and why
             clips = None
             row["error"] = f"{type(exc).__name__}: {exc}"
+        if row["error"]:
             log(f"[grid] {label}: sampling failed ({row['error']})")
         grid["rows"].append(row)
         cells.append((label + ("" if row["style_distance"] is None else f"\nstyle {row['style_distance']:.2f}"), clips))
@@ -497,6 +501,25 @@ def sample_grid(cfg, per_rank: list[dict], prompts: list[str], seeds: list[int],
         plot_sample_grid(cells, columns, out / "sample_grid.png")
         grid["image"] = str(out / "sample_grid.png")
     return grid
+
+
+def grid_sampler(model: str, rows: list[tuple[str, str | None]]):
+    """One Sampler (the backbone loaded once) with each row's adapter attached under the row's label, off;
+    and why a row cannot sample (label -> error), so one bad adapter or a failed load is reported per row."""
+    from reelora.models.sample import Sampler
+
+    try:
+        sampler = Sampler(model, [], progress=False)
+    except Exception as exc:  # every row fails for the same reason
+        return None, {label: f"{type(exc).__name__}: {exc}" for label, _ in rows}
+    errors = {}
+    for label, adapter in rows:
+        if adapter:
+            try:
+                sampler.add_adapter(label, adapter)  # checked before it loads: a refused one changes nothing
+            except Exception as exc:
+                errors[label] = f"{type(exc).__name__}: {exc}"
+    return sampler, errors
 
 
 def read_reference_clips(path: str | Path) -> list[np.ndarray]:

@@ -1,7 +1,8 @@
 """The adapters a studio offers: found under one folder, read safely, summarised from their own lineage.
 
 A folder holding `pytorch_lora_weights.safetensors` is one adapter (a training run's `adapter/`; its other
-exports, e.g. `comfyui_lora.safetensors`, are the same weights and are not listed again). Any other
+exports, e.g. `comfyui_lora.safetensors`, are the same weights and are not listed again; on a two-expert
+backbone its low-noise expert's file comes with it, and both switch together). Any other
 `.safetensors` file holding LoRA tensors is one adapter (ComfyUI / musubi files dropped in as they are);
 other safetensors (latent caches, optimizer state) are passed over. `checkpoints/` folders are skipped: they
 hold resume state, not adapters (no rank/alpha metadata). A file that cannot be used is listed with the
@@ -9,7 +10,7 @@ reason instead of stopping the studio.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reelora.models import adapters as adapter_io
@@ -27,6 +28,8 @@ class Entry:
     """Label shown on the page: the path relative to the adapters folder."""
     path: Path
     adapter: adapter_io.Adapter | None = None
+    experts: list[adapter_io.Adapter] = field(default_factory=list)
+    """What the sampler attaches: one Adapter per expert file of a two-expert backbone's folder, else [adapter]."""
     error: str | None = None
 
     def lineage(self) -> dict:
@@ -84,7 +87,9 @@ def find_adapters(root: str | Path, family: str | None = None) -> list[Entry]:
         try:
             if not _holds_lora(path):
                 continue  # a latent cache entry, optimizer state, full weights: not an adapter, not a problem
-            entry.adapter = adapter_io.read_adapter(path, 1.0, family)
+            # a training folder of a two-expert backbone holds one file per expert: they switch as one adapter
+            entry.experts = adapter_io.read_adapters(path.parent if path.name == DIFFUSERS_FILE else path, 1.0, family)
+            entry.adapter = entry.experts[0]
         except adapter_io.AdapterError as exc:
             entry.error = str(exc)
         entries.append(entry)

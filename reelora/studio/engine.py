@@ -2,9 +2,9 @@
 
 No second sampling path: each clip is `Sampler.generate` + `Sampler.save` (models/sample.py), so a studio
 clip has the frames and the provenance `reelora sample` gives for the same model, adapters at the same
-strengths, prompt, seed and settings. Adapters at strength 0 are switched off for the request (peft
-computes only active adapters), and the sampler's `adapters` list is set to the active ones at their
-strengths, so the provenance names exactly what made the clip.
+strengths, prompt, seed and settings. Each request switches the sampler's adapters (`Sampler.use_adapters`):
+those at strength 0 are off (peft computes only active adapters), and the provenance names exactly the
+active ones at their strengths.
 
 The backbone loads once. Requests run one at a time (a lock here; the page's queue also has concurrency 1).
 """
@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from reelora.files import write_text_atomic
 from reelora.models import adapters as adapter_io
-from reelora.models.sample import Clip, ClipRequest, SampleResult, Sampler, _lineage_mismatch, check_out_dir
+from reelora.models.sample import Clip, ClipRequest, SampleResult, Sampler, check_out_dir
 from reelora.models.settings import SampleSettings
 from reelora.studio.catalog import Entry, find_adapters
 
@@ -62,18 +62,16 @@ class Studio:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.entries = find_adapters(adapters_dir, resolve(model).family)
         self.sampler = Sampler(model, [], progress=False, **sampler_kwargs)
-        usable = []
-        for e in self.entries:  # validate each alone: one adapter for another backbone must not stop the rest
+        self.adapters: dict[str, Entry] = {}
+        for e in self.entries:  # attach each alone: one adapter for another backbone must not stop the rest
             if e.adapter is None:
                 continue
             try:
-                adapter_io.validate(e.adapter, self.sampler.pipe.transformer, model)
+                self.sampler.add_adapter(e.key, e.experts or [e.adapter])  # checked against the backbone before it loads
             except adapter_io.AdapterError as exc:
-                e.adapter, e.error = None, str(exc)
+                e.adapter, e.experts, e.error = None, [], str(exc)
                 continue
-            usable.append(e)
-        self.adapters: dict[str, Entry] = {e.key: e for e in usable}
-        adapter_io.attach(self.sampler.pipe, [e.adapter for e in usable], model_name=model)
+            self.adapters[e.key] = e
         self.defaults: SampleSettings = self.sampler.defaults
         self._lock = threading.Lock()
         for e in self.entries:
@@ -156,26 +154,8 @@ class Studio:
     # -- helpers ----------------------------------------------------------------------------------------------
 
     def _mix(self, strengths: dict[str, float]) -> None:
-        """Activate the adapters with a non-zero strength at that strength; record them for the provenance."""
-        unknown = sorted(set(strengths) - set(self.adapters))
-        if unknown:
-            raise ValueError(f"unknown adapter(s) {', '.join(unknown)}; offered: {', '.join(self.adapters) or 'none'}")
-        active = [(self.adapters[k].adapter, float(s)) for k, s in strengths.items() if float(s) != 0.0]
-        for a, s in active:
-            adapter_io.check_scales(a.path, s, None, {})
-            if s != 1.0 and any(k.endswith(".lora_magnitude_vector") for k in a.state_dict):
-                raise ValueError(f"adapter {a.path}: a DoRA adapter mixes at strength 1 only (peft does not scale its "
-                                 f"magnitude vectors), got {s:g}")
-        pipe, sampler = self.sampler.pipe, self.sampler
-        if self.adapters:
-            if active:
-                pipe.enable_lora()
-                pipe.set_adapters([a.name for a, _ in active], [s for _, s in active])
-            else:
-                pipe.disable_lora()  # the base model exactly: LoRA layers pass the base output through
-        sampler.adapters = [replace(a, scale=s) for a, s in active]
-        sampler.adapter_names = [a.name for a, _ in active]
-        sampler.warnings = [w for a, _ in active for w in _lineage_mismatch(a, sampler.model, sampler.comps.revision)]
+        """Activate the adapters with a non-zero strength at that strength (the sampler checks names and strengths)."""
+        self.sampler.use_adapters(strengths)
 
     def _new_name(self, req: ClipRequest, tag: str, folder: Path | None = None) -> str:
         """`<UTC time>-<prompt slug>-s<seed>[-tag]`, unique in `folder` (default the output folder)."""

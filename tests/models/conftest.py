@@ -56,6 +56,24 @@ def write_diffusers(path: Path, sd: dict, config: dict | None, lineage: dict | N
     return path
 
 
+def write_expert_adapter(out: Path, model: str = "tiny-wan22-a14b") -> dict:
+    """A two-expert adapter folder as training writes it (save_adapter: one file per expert and format), with
+    random non-zero lora_B per expert; returns save_adapter's paths."""
+    from reelora.models.lora import attach_lora, lora_state_dict as trained_state_dict, save_adapter
+    from reelora.models.wan22 import Experts
+
+    spec, comps = load_model(model, components=("transformer",))
+    both = Experts(comps.transformer, comps.transformer_2, adapted=("transformer", "transformer_2"))
+    g = torch.Generator().manual_seed(0)
+    for m in (both.transformer, both.transformer_2):
+        attach_lora(m, rank=4, alpha=4.0, target_modules=list(spec.lora_targets))
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.data = torch.randn(p.shape, generator=g) * 0.5
+    return save_adapter(out, trained_state_dict(both), rank=4, alpha=4.0, target_modules=list(spec.lora_targets),
+                        family=spec.family, lineage={"base_model": model})
+
+
 def _wan_original(module: str) -> str:
     # blocks.0.attn1.to_q -> blocks.0.self_attn.q ; blocks.0.ffn.net.0.proj -> blocks.0.ffn.0
     block, rest = module.split(".", 2)[:2], module.split(".", 2)[2]

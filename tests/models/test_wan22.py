@@ -66,21 +66,10 @@ def test_saved_a14b_loads_both_experts_and_its_boundary(tmp_path):
 @pytest.fixture(scope="module")
 def expert_adapter(tmp_path_factory):
     """A two-expert adapter as training writes it (save_adapter), with random non-zero lora_B per expert."""
-    from reelora.models.lora import attach_lora, lora_state_dict, save_adapter
-    from reelora.models.wan22 import Experts
+    from tests.models.conftest import write_expert_adapter
 
-    spec, comps = load_model(A14B, components=("transformer",))
-    both = Experts(comps.transformer, comps.transformer_2, adapted=("transformer", "transformer_2"))
-    g = torch.Generator().manual_seed(0)
-    for m in (both.transformer, both.transformer_2):
-        attach_lora(m, rank=4, alpha=4.0, target_modules=list(spec.lora_targets))
-        for n, p in m.named_parameters():
-            if "lora_B" in n:
-                p.data = torch.randn(p.shape, generator=g) * 0.5
     out = tmp_path_factory.mktemp("a14b-adapter")
-    paths = save_adapter(out, lora_state_dict(both), rank=4, alpha=4.0, target_modules=list(spec.lora_targets),
-                         family="wan22-a14b", lineage={"base_model": A14B})
-    return out, paths
+    return out, write_expert_adapter(out)
 
 
 def test_adapter_has_one_file_per_expert_in_each_format(expert_adapter):
@@ -186,3 +175,29 @@ def test_one_trained_expert_writes_its_files_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "README.md", "comfyui_lora_low_noise.safetensors", "pytorch_lora_weights_low_noise.safetensors"]
     assert [a.component for a in read_adapters(tmp_path, 1.0, "wan22-a14b")] == ["transformer_2"]
+
+
+def test_switching_an_expert_adapter_moves_both_experts_together(expert_adapter):
+    """A two-expert adapter folder attached to a loaded backbone is one name with one Adapter per expert: switched
+    on, the frames of a Sampler built with it; a low-noise file alone leaves the high-noise expert at its base;
+    none, the base; bit for bit each."""
+    from reelora.models.sample import Sampler
+
+    out, _ = expert_adapter
+    low = out / "pytorch_lora_weights_low_noise.safetensors"
+
+    def run(sampler):
+        return sampler.generate("a fox", seed=1, steps=2, num_frames=5).frames
+
+    base, styled, low_only = (run(Sampler(A14B, loras, progress=False)) for loras in ([], [str(out)], [str(low)]))
+    s = Sampler(A14B, progress=False)
+    assert [a.component for a in s.add_adapter("style", out)] == ["transformer", "transformer_2"]
+    s.add_adapter("low", low)
+    s.use_adapters({"style": 1.0})
+    assert np.array_equal(run(s), styled)
+    assert [(a.path.name, a.component) for a in s.adapters] == [
+        ("pytorch_lora_weights.safetensors", "transformer"), ("pytorch_lora_weights_low_noise.safetensors", "transformer_2")]
+    s.use_adapters({"low": 1.0})
+    assert np.array_equal(run(s), low_only) and not np.array_equal(low_only, styled) and not np.array_equal(low_only, base)
+    s.use_adapters({})
+    assert np.array_equal(run(s), base)

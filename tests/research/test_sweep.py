@@ -229,3 +229,34 @@ def test_summarize_run_takes_the_last_record_per_step(tmp_path):
     assert s["heldout_loss"] == 1.3 and s["heldout_quantiles"] == {"0.5": 1.3}
     assert s["step_time_s"] == pytest.approx(0.35)  # median without the first step
     assert s["val_curve"] == [[2, 1.4], [3, 1.3]] and s["adapter_params"] is None
+
+
+def test_sample_grid_loads_the_backbone_once_and_samples_like_a_sampler_per_row(tmp_path, monkeypatch):
+    """Every row switches adapters on one Sampler: one backbone load for the grid, and each row's frames are,
+    bit for bit, those of a Sampler built with that row's adapter alone (the base row: with none)."""
+    import reelora.models.registry as registry
+    from reelora.models.sample import Sampler
+    from tests.models.conftest import lora_state_dict, write_diffusers
+
+    per_rank = []
+    for rank in (1, 4):  # what a run leaves in OUT/rank-R/seed-S/adapter (random non-zero lora_B, no training)
+        sd, cfg = lora_state_dict("tiny-wan", seed=rank, rank=rank, alpha=rank)
+        folder = tmp_path / f"rank-{rank}" / "adapter"
+        write_diffusers(folder / "pytorch_lora_weights.safetensors", sd, cfg)
+        per_rank.append({"rank": rank, "adapter": str(folder)})
+    per_rank.append({"rank": 8, "adapter": str(tmp_path / "missing")})  # a bad adapter fails its row only
+    cfg = sw.load_checked_config(CONFIG, ["validation.sample.steps=2"])
+    loads, cells = [], []
+    real_load = registry.load_model
+    monkeypatch.setattr(registry, "load_model", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    monkeypatch.setattr(sw, "plot_sample_grid", lambda rows, columns, path: cells.extend(rows))  # the frames drawn
+    grid = sw.sample_grid(cfg, per_rank, ["exp style, a red room"], [3], tmp_path / "sw", None, log=lambda *a: None)
+    assert len(loads) == 1
+    assert [(row["label"], row["error"] is None) for row in grid["rows"]] == [
+        ("base", True), ("rank 1", True), ("rank 4", True), ("rank 8", False)]
+    assert "AdapterError" in grid["rows"][3]["error"] and cells[3][1] is None
+    settings = dict(seed=3, **vars(cfg.validation.sample))
+    for (label, [frames]), loras in zip(cells, ([], [(per_rank[0]["adapter"], 1.0)], [(per_rank[1]["adapter"], 1.0)])):
+        alone = Sampler("tiny-wan", loras, progress=False).generate("exp style, a red room", **settings).frames
+        assert np.array_equal(frames, alone), label
+    assert not np.array_equal(cells[0][1][0], cells[2][1][0])  # the adapter changes the clip
