@@ -11,19 +11,15 @@ steps, GiB), median step time, the plan's total. --arch/--connectors (JSON) shri
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--frames", type=int, required=True)
-    ap.add_argument("--height", type=int, required=True)
-    ap.add_argument("--width", type=int, required=True)
-    ap.add_argument("--steps", type=int, default=2)
+    from reelora.train.bench import memory_parser, time_train_steps
+
+    ap = memory_parser(__doc__, steps=2)
     ap.add_argument("--arch", default="{}", help="JSON overrides of the transformer config (CPU smoke runs)")
     ap.add_argument("--connectors", default="{}", help="JSON overrides of the connectors config (CPU smoke runs)")
     ap.add_argument("--text-len", type=int, default=1024)
@@ -38,7 +34,6 @@ def main() -> None:
     from reelora.models.registry import resolve_published
     from reelora.models.spec import Components
     from reelora.train import plan as P
-    from reelora.train.bench import time_train_steps
     from reelora.train.config import load_config
     from reelora.train.loop import base_dtype, build_model_and_optimizer, with_family_defaults
     from reelora.train.step import StepContext

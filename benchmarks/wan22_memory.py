@@ -12,19 +12,15 @@ clip shape. train.grad_accum is set to 1 (the peak does not depend on it).
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--frames", type=int, required=True)
-    ap.add_argument("--height", type=int, required=True)
-    ap.add_argument("--width", type=int, required=True)
-    ap.add_argument("--steps", type=int, default=3)
+    from reelora.train.bench import memory_parser, time_train_steps
+
+    ap = memory_parser(__doc__, steps=3)
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. lora.experts=high")
     args = ap.parse_args()
 
@@ -35,7 +31,6 @@ def main() -> None:
     from reelora.models.registry import resolve_published
     from reelora.models.spec import Components
     from reelora.train import plan as P
-    from reelora.train.bench import time_train_steps
     from reelora.train.config import load_config
     from reelora.train.loop import base_dtype, build_model_and_optimizer, with_family_defaults
     from reelora.train.step import StepContext
