@@ -11,21 +11,15 @@ steps, GiB), median step time, the plan's total. --arch/--connectors (JSON) shri
 """
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
-import time
 
 import torch
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--frames", type=int, required=True)
-    ap.add_argument("--height", type=int, required=True)
-    ap.add_argument("--width", type=int, required=True)
-    ap.add_argument("--steps", type=int, default=2)
+    from reelora.train.bench import memory_parser, time_train_steps
+
+    ap = memory_parser(__doc__, steps=2)
     ap.add_argument("--arch", default="{}", help="JSON overrides of the transformer config (CPU smoke runs)")
     ap.add_argument("--connectors", default="{}", help="JSON overrides of the connectors config (CPU smoke runs)")
     ap.add_argument("--text-len", type=int, default=1024)
@@ -42,7 +36,7 @@ def main() -> None:
     from reelora.train import plan as P
     from reelora.train.config import load_config
     from reelora.train.loop import base_dtype, build_model_and_optimizer, with_family_defaults
-    from reelora.train.step import StepContext, train_step
+    from reelora.train.step import StepContext
 
     cfg = load_config(args.config, ["data.cache=CACHE", "train.grad_accum=1", *args.overrides])
     spec, arch = resolve_published(cfg.model)
@@ -69,27 +63,17 @@ def main() -> None:
     ctx = StepContext(cfg, accelerator, spec, comps, model, optimizer, scheduler, params,
                       empty_text={k: torch.zeros_like(v) if k == "prompt_embeds" else v for k, v in text.items()})
     cuda = device.type == "cuda"
-    train_step(ctx, [batch], 1)  # warm-up (allocator, kernels)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(2, 2 + args.steps):
-        t0 = time.perf_counter()
-        metrics = train_step(ctx, [batch], step)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    timed = time_train_steps(ctx, [batch], args.steps, device)  # one warm-up step (allocator, kernels) first
     plan = P.estimate(cfg, shape=(args.frames, args.height, args.width), arch=parch)
     print(json.dumps({
         "config": args.config, "overrides": args.overrides, "arch": json.loads(args.arch), "model": cfg.model,
         "device": torch.cuda.get_device_name() if cuda else "cpu", "shape": [args.frames, args.height, args.width],
         "latents": [c, lf, lh, lw], "tokens": plan.tokens,
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "step_s": round(statistics.median(times), 3), "plan_total_gib": round(plan.total_gib[plan.configured], 2),
+        "peak_gib": round(timed["peak_bytes"] / 2**30, 2) if cuda else None,
+        "step_s": round(timed["step_s"], 3), "plan_total_gib": round(plan.total_gib[plan.configured], 2),
         "plan": {"rows": {k: round(v, 2) for k, v in plan.rows.items()},
                  "activations": {k: round(v, 2) for k, v in plan.activations[plan.configured].items()}},
-        "loss": metrics["loss"], "lora_params": sum(p.numel() for p in params),
+        "loss": timed["metrics"]["loss"], "lora_params": sum(p.numel() for p in params),
         "connector_grads": sum(1 for p in comps.extra["connectors"].parameters() if p.grad is not None),
         "versions": {"torch": torch.__version__},
     }), flush=True)

@@ -12,21 +12,15 @@ clip shape. train.grad_accum is set to 1 (the peak does not depend on it).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
-import time
 
 import torch
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--frames", type=int, required=True)
-    ap.add_argument("--height", type=int, required=True)
-    ap.add_argument("--width", type=int, required=True)
-    ap.add_argument("--steps", type=int, default=3)
+    from reelora.train.bench import memory_parser, time_train_steps
+
+    ap = memory_parser(__doc__, steps=3)
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. lora.experts=high")
     args = ap.parse_args()
 
@@ -39,7 +33,7 @@ def main() -> None:
     from reelora.train import plan as P
     from reelora.train.config import load_config
     from reelora.train.loop import base_dtype, build_model_and_optimizer, with_family_defaults
-    from reelora.train.step import StepContext, train_step
+    from reelora.train.step import StepContext
 
     cfg = load_config(args.config, ["data.cache=CACHE", "train.grad_accum=1", *args.overrides])
     spec, arch = resolve_published(cfg.model)  # offline: the published architecture, not the hub's model_index.json
@@ -64,24 +58,14 @@ def main() -> None:
     batch = {"key": ["k0"], "caption": ["c"], "latents": torch.randn(1, c, lf, lh, lw, generator=g), "text": text}
     ctx = StepContext(cfg, accelerator, spec, comps, model, optimizer, scheduler, params,
                       empty_text={"prompt_embeds": torch.zeros_like(text["prompt_embeds"])})
-    train_step(ctx, [batch], 1)  # warm-up (allocator, kernels)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(2, 2 + args.steps):
-        t0 = time.perf_counter()
-        metrics = train_step(ctx, [batch], step)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    timed = time_train_steps(ctx, [batch], args.steps, device)  # one warm-up step (allocator, kernels) first
     plan = P.estimate(cfg, shape=(args.frames, args.height, args.width))
     print(json.dumps({
         "config": args.config, "overrides": args.overrides, "model": cfg.model, "device": torch.cuda.get_device_name() if cuda else "cpu",
         "shape": [args.frames, args.height, args.width], "latents": [c, lf, lh, lw], "tokens": plan.tokens,
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None, "step_s": round(statistics.median(times), 3),
-        "plan_total_gib": round(plan.total_gib[plan.configured], 2), "loss": metrics["loss"],
+        "peak_gib": round(timed["peak_bytes"] / 2**30, 2) if cuda else None, "step_s": round(timed["step_s"], 3),
+        "plan_total_gib": round(plan.total_gib[plan.configured], 2), "loss": timed["metrics"]["loss"],
         "lora_params": sum(p.numel() for p in params), "versions": {"torch": torch.__version__},
     }), flush=True)
 

@@ -370,10 +370,11 @@ def run_variant(rec: dict, plan: dict, args: argparse.Namespace, spec, inputs: d
     from reelora.models.lora import save_adapter
     from reelora.models.spec import Components
     from reelora.models.wan import PUBLISHED_IDS, PUBLISHED_TRANSFORMER, published_transformer
+    from reelora.train.bench import time_train_steps
     from reelora.train.config import load_config
     from reelora.train.loop import _teardown, build_model_and_optimizer, prepare, with_family_defaults
     from reelora.train.parallel import full_lora_state_dict
-    from reelora.train.step import StepContext, train_step
+    from reelora.train.step import StepContext
 
     rec["phase"] = "config"
     cfg = with_family_defaults(load_config(args.config, plan["overrides"]), spec)  # the spec: no hub lookup
@@ -418,23 +419,18 @@ def run_variant(rec: dict, plan: dict, args: argparse.Namespace, spec, inputs: d
                  "text": {"prompt_embeds": inputs["prompt"].to(cache_dtype).unsqueeze(0).repeat(b, 1, 1)}}
         empty = {"prompt_embeds": torch.zeros(TEXT_LEN, inputs["prompt"].shape[1], dtype=cache_dtype)}
         ctx = StepContext(cfg, accelerator, spec, comps, model, optimizer, lr_schedule, params, empty_text=empty)
-        times, losses = [], []
         warmup = plan.get("warmup", args.warmup)
-        for step in range(1, warmup + args.steps + 1):
-            sync(device)
-            t0 = time.perf_counter()
-            metrics = train_step(ctx, [batch] * cfg.train.grad_accum, step)
-            sync(device)
-            dt = time.perf_counter() - t0
-            warm = step <= warmup
-            losses.append(metrics["loss"])
-            if not warm:
-                times.append(dt)
+
+        def log_step(step: int, dt: float, warm: bool, metrics: dict) -> None:
             log(f"[{plan['name']}] step {step}{' (warm-up)' if warm else ''}: {dt:.2f} s, loss {metrics['loss']:.4f}")
-        rec["step_times_s"] = times
-        rec["step_s"] = statistics.median(times)
+
+        # The peak is not reset after the warm-up: peak_mem_gb is the variant's since reset_memory above.
+        timed = time_train_steps(ctx, [batch] * cfg.train.grad_accum, args.steps, device, warmup=warmup,
+                                 reset_peak_after_warmup=False, on_step=log_step)
+        rec["step_times_s"] = timed["step_times_s"]
+        rec["step_s"] = timed["step_s"]
         rec["samples_per_s"] = samples / rec["step_s"]
-        rec["losses"] = losses
+        rec["losses"] = timed["losses"]
         rec.update(peak_memory_gb(device))
         peak = peak_tflops(rec.get("device_name"), args.peak_tflops)
         if peak and device.type == "cuda":

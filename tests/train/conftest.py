@@ -145,3 +145,47 @@ def tiny_cfg(out: Path, shards: Path, cache: Path | None, *overrides: str):
     if cache is not None:
         base.append(f"data.cache={cache}")
     return load_config(Path(__file__).parents[2] / "configs" / "tiny-wan.yaml", [*base, *overrides])
+
+
+def measure_activations(spec_cls, model_cls, model_config: dict, make_inputs, mixed_precision: str, checkpointing: bool,
+                        rank: int, arch_fields: dict):
+    """A small transformer with the family's LoRA, set up as training does, measured against train/plan.py's formula.
+
+    Args:
+        spec_cls: the family's spec (WanSpec, LTX2Spec): its lora_targets and its training forward.
+        make_inputs: () -> (comps, latents, text) for the spec's forward, called once the model is set up (so the
+            random draws keep their order).
+        arch_fields: plan.Architecture's fields after `transformer` (vae_temporal, ..., structure).
+
+    Returns:
+        SimpleNamespace: saved (bytes autograd saves in a forward), peak (CPU allocator peak of a training step),
+        stored and backward (the plan's activation estimate), tokens, arch.
+    """
+    import types
+
+    from reelora.models.lora import attach_lora
+    from reelora.train import plan as P
+
+    torch.manual_seed(0)
+    model = model_cls(**model_config)
+    half = mixed_precision == "bf16"
+    if half:  # as training stores the frozen base (LoRA stays fp32, autocast computes in bf16)
+        model.to(torch.bfloat16)
+    attach_lora(model, rank=rank, alpha=rank, target_modules=list(spec_cls.lora_targets))
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    comps, latents, text = make_inputs()
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+            pred, target = spec_cls().forward(comps, model, latents, torch.randn_like(latents), torch.rand(1), text)
+            return ((pred - target) ** 2).mean()
+
+    forward().backward()  # the LoRA gradients exist from here on, as in training after its first step
+    saved = P.measure_saved_bytes(forward, model)
+    peak = P.measure_peak_bytes(lambda: forward().backward())
+    arch = P.Architecture("measured", P._with_defaults(model_cls, model_config), **arch_fields)
+    counts = P.count_parameters(arch, rank, None)
+    s = P.tokens(arch, tuple(latents.shape[1:]))
+    est = P.activation_bytes(arch, counts, s, latents.numel(), rank, half, checkpointing)
+    return types.SimpleNamespace(saved=saved, peak=peak, stored=est["stored"], backward=est["backward"], tokens=s, arch=arch)

@@ -12,6 +12,7 @@ import torch
 from reelora.cli import main
 from reelora.train import plan as P
 from reelora.train.config import load_config
+from tests.train.conftest import measure_activations
 
 ROOT = Path(__file__).parents[2]
 CFG_1_3B = ROOT / "configs" / "wan2.1-t2v-1.3b-lora.yaml"
@@ -100,32 +101,16 @@ def plan_vs_measured(transformer_config: dict, mixed_precision: str, checkpointi
     forward vs the plan's stored activations, CPU allocator peak of a training step vs stored + backward)."""
     from diffusers import WanTransformer3DModel
 
-    from reelora.models.lora import attach_lora
     from reelora.models.wan import WanSpec
 
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(**transformer_config)
-    half = mixed_precision == "bf16"
-    if half:  # as training stores the frozen base (LoRA stays fp32, autocast computes in bf16)
-        model.to(torch.bfloat16)
-    attach_lora(model, rank=rank, alpha=rank, target_modules=list(WanSpec.lora_targets))
-    if checkpointing:
-        model.enable_gradient_checkpointing()
-    latents = torch.randn(1, 16, 3, 16, 16)
-    text = {"prompt_embeds": torch.randn(1, text_len, transformer_config["text_dim"])}
+    def inputs():
+        latents = torch.randn(1, 16, 3, 16, 16)
+        return None, latents, {"prompt_embeds": torch.randn(1, text_len, transformer_config["text_dim"])}
 
-    def forward():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
-            pred, target = WanSpec().forward(None, model, latents, torch.randn_like(latents), torch.rand(1), text)
-            return ((pred - target) ** 2).mean()
-
-    forward().backward()  # the LoRA gradients exist from here on, as in training after its first step
-    saved = P.measure_saved_bytes(forward, model)
-    peak = P.measure_peak_bytes(lambda: forward().backward())
-    arch = P.Architecture("measured", P._with_defaults(WanTransformer3DModel, transformer_config), 4, 8, 16, text_len, (9, 128, 128))
-    counts = P.count_parameters(arch, rank, None)
-    est = P.activation_bytes(arch, counts, P.tokens(arch, tuple(latents.shape[1:])), latents.numel(), rank, half, checkpointing)
-    return est["stored"] / saved, (est["stored"] + est["backward"]) / peak
+    m = measure_activations(WanSpec, WanTransformer3DModel, transformer_config, inputs, mixed_precision, checkpointing,
+                            rank, dict(vae_temporal=4, vae_spatial=8, latent_channels=16, text_len=text_len,
+                                       default_shape=(9, 128, 128)))
+    return m.stored / m.saved, (m.stored + m.backward) / m.peak
 
 
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])

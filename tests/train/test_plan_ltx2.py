@@ -10,6 +10,7 @@ import torch
 
 from reelora.train import plan as P
 from reelora.train.config import load_config
+from tests.train.conftest import measure_activations
 
 ROOT = Path(__file__).parents[2]
 CFG = ROOT / "configs" / "ltx2-lora.yaml"
@@ -36,40 +37,22 @@ def plan_vs_measured(mixed_precision: str, checkpointing: bool, rank: int = 8, t
     forward vs the plan's stored activations, CPU allocator peak of a training step vs stored + backward)."""
     from diffusers import LTX2VideoTransformer3DModel
 
-    from reelora.models.lora import attach_lora
     from reelora.models.ltx2 import LTX2Spec
 
-    torch.manual_seed(0)
-    model = LTX2VideoTransformer3DModel(**SMALL_LTX2)
-    half = mixed_precision == "bf16"
-    if half:  # as training stores the frozen base (LoRA stays fp32, autocast computes in bf16)
-        model.to(torch.bfloat16)
-    attach_lora(model, rank=rank, alpha=rank, target_modules=list(LTX2Spec.lora_targets))
-    if checkpointing:
-        model.enable_gradient_checkpointing()
-    # The connectors as loading leaves them (trainable flags on): the spec's forward must keep them out of autograd.
-    comps = types.SimpleNamespace(extra={"connectors": small_connectors().eval()})
-    latents = torch.randn(1, 16, 3, 6, 10)
-    mask = torch.ones(1, text_len, dtype=torch.long)
-    mask[:, :5] = 0  # left padding, as Gemma's tokenizer pads
-    text = {"prompt_embeds": torch.randn(1, text_len, 48 * 3), "prompt_attention_mask": mask}
+    def inputs():
+        # The connectors as loading leaves them (trainable flags on): the spec's forward must keep them out of autograd.
+        comps = types.SimpleNamespace(extra={"connectors": small_connectors().eval()})
+        latents = torch.randn(1, 16, 3, 6, 10)
+        mask = torch.ones(1, text_len, dtype=torch.long)
+        mask[:, :5] = 0  # left padding, as Gemma's tokenizer pads
+        return comps, latents, {"prompt_embeds": torch.randn(1, text_len, 48 * 3), "prompt_attention_mask": mask}
 
-    def forward():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
-            pred, target = LTX2Spec().forward(comps, model, latents, torch.randn_like(latents), torch.rand(1), text)
-            return ((pred - target) ** 2).mean()
-
-    forward().backward()  # the LoRA gradients exist from here on, as in training after its first step
-    saved = P.measure_saved_bytes(forward, model)
-    peak = P.measure_peak_bytes(lambda: forward().backward())
-    arch = P.Architecture("measured", P._with_defaults(LTX2VideoTransformer3DModel, SMALL_LTX2), 8, 32, 16, text_len,
-                          (17, 192, 320), structure="ltx2", connectors={})
-    counts = P.count_parameters(arch, rank, None)
-    s = P.tokens(arch, tuple(latents.shape[1:]))
-    est = P.activation_bytes(arch, counts, s, latents.numel(), rank, half, checkpointing)
+    m = measure_activations(LTX2Spec, LTX2VideoTransformer3DModel, SMALL_LTX2, inputs, mixed_precision, checkpointing,
+                            rank, dict(vae_temporal=8, vae_spatial=32, latent_channels=16, text_len=text_len,
+                                       default_shape=(17, 192, 320), structure="ltx2", connectors={}))
     # With checkpointing the RoPE cos/sin are held as the checkpointed blocks' arguments, not saved by autograd.
-    held = 2 * s * arch.dim * 4 if checkpointing else 0
-    return (est["stored"] - held) / saved, (est["stored"] + est["backward"]) / peak
+    held = 2 * m.tokens * m.arch.dim * 4 if checkpointing else 0
+    return (m.stored - held) / m.saved, (m.stored + m.backward) / m.peak
 
 
 @pytest.mark.parametrize("mixed_precision, checkpointing", [("bf16", False), ("bf16", True), ("no", False)])
