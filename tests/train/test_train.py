@@ -51,13 +51,15 @@ RESUME = ("train.max_steps=6", "optim.schedule=constant", "optim.warmup_steps=3"
           "data.caption_dropout=0.5", "lora.dropout=0.1", "train.grad_accum=2")
 
 
-def test_exact_resume_in_a_new_process(tmp_path, shards, cache):
+def test_exact_resume_in_a_new_process_as_a_user_runs_it(tmp_path, shards, cache):
+    """train.deterministic alone (no MKL/OMP variables in the environment) gives a bitwise-equal resume."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert train_py(*cfg_args(straight, shards, cache, *RESUME)).returncode == 0
+    plain = lambda *a: train_py(*a, env=user_env(), pinned=False)  # noqa: E731
+    assert plain(*cfg_args(straight, shards, cache, *RESUME)).returncode == 0
     # First half stopped at step 3 (max_steps is not part of a constant schedule), then a new process resumes.
-    assert train_py(*cfg_args(split, shards, cache, *RESUME, "train.max_steps=3")).returncode == 0
+    assert plain(*cfg_args(split, shards, cache, *RESUME, "train.max_steps=3")).returncode == 0
     assert [p.name for p in checkpoint.list_complete(split)] == ["step-000003"]
-    r = train_py(*cfg_args(split, shards, cache, *RESUME, "train.resume=latest"))
+    r = plain(*cfg_args(split, shards, cache, *RESUME, "train.resume=latest"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout + r.stderr
     assert_same_tensors(adapter(straight), adapter(split))
@@ -196,17 +198,6 @@ def test_resume_names_changed_keys_refuses_model_changes_and_keeps_one_record_pe
     assert "train.seed (0 -> 5)" in r.stderr and "train.batch_size (2 -> 1)" in r.stderr
     assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]
     assert all(m["train/loss"] != 9.0 for m in metrics(out))
-
-
-def test_exact_resume_as_a_user_runs_it(tmp_path, shards, cache):
-    """train.deterministic alone (no MKL/OMP variables in the environment) gives a bitwise-equal resume."""
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    plain = lambda *a: train_py(*a, env=user_env(), pinned=False)
-    assert plain(*cfg_args(straight, shards, cache, *RESUME)).returncode == 0
-    assert plain(*cfg_args(split, shards, cache, *RESUME, "train.max_steps=3")).returncode == 0
-    r = plain(*cfg_args(split, shards, cache, *RESUME, "train.resume=latest"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_tensors(adapter(straight), adapter(split))
 
 
 def test_adamw8bit_trains_and_resumes_exactly(tmp_path, shards, cache):
