@@ -37,15 +37,16 @@ def trained(spec, cfg) -> tuple[str, ...]:
 
 
 def check_options(spec, cfg) -> None:
-    """The memory and sharding options work on one transformer; refuse them for two experts (naming the key)."""
+    """The memory options work on one transformer; refuse them for two experts (naming the key). FSDP works on
+    both (train/parallel.py shards each expert)."""
     if not getattr(spec, "experts", None):
         return
     t = cfg.train
-    for key, on in (("parallel", t.parallel == "fsdp"), ("base_storage", t.base_storage != "auto"),
+    for key, on in (("base_storage", t.base_storage != "auto"),
                     ("offload_blocks", t.offload_blocks != 0), ("compile_blocks", t.compile_blocks != "no")):
         if on:
             raise ConfigError(f"config key 'train.{key}': not supported for the two-expert {spec.family} backbone "
-                              f"yet (it applies to one transformer); leave it at its default (DDP, "
+                              f"yet (it applies to one transformer); leave it at its default (DDP, FSDP, "
                               f"gradient checkpointing and bf16 are supported)")
 
 

@@ -42,7 +42,8 @@ def sharded(cfg, accelerator) -> bool:
 
 
 def parallelize(transformer: torch.nn.Module, spec, cfg, mesh=None) -> None:
-    """Activation checkpointing, then (with a device mesh) FSDP2: each block of `spec.blocks`, then the root.
+    """Activation checkpointing, then (with a device mesh) FSDP2: each block of `spec.blocks`, then the root
+    (with two experts: each expert's blocks, then each expert, then the module holding both).
 
     Each block is one unit of all-gather (forward, backward) and reduce-scatter (its LoRA gradients); the
     root takes what is left (patch/time/text embeddings, norms, head). Gradients (LoRA only) are reduced in
@@ -65,9 +66,18 @@ def parallelize(transformer: torch.nn.Module, spec, cfg, mesh=None) -> None:
     # would skip FSDP's pre-backward hook), so the per-process warning about it is noise.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     kwargs = dict(mesh=mesh, mp_policy=policy, reshard_after_forward=cfg.train.fsdp_reshard_after_forward)
-    for block in getattr(transformer, spec.blocks):
-        fully_shard(block, **kwargs)
+    for denoiser in denoisers(transformer):
+        for block in getattr(denoiser, spec.blocks):
+            fully_shard(block, **kwargs)
+        if denoiser is not transformer:
+            fully_shard(denoiser, **kwargs)  # an expert: its embeddings and head are one unit, gathered when it runs
     fully_shard(transformer, **kwargs)
+
+
+def denoisers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformers in the training module: both experts of a two-expert backbone (models/wan22.Experts,
+    each sharded on its own, trained or not: a step runs one and the other stays sharded), else the module."""
+    return [model.transformer, model.transformer_2] if hasattr(model, "adapted") else [model]
 
 
 @contextlib.contextmanager
@@ -146,7 +156,17 @@ def full_lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     sd = get_model_state_dict(model, options=_gather_options())
-    return get_peft_model_state_dict(model, state_dict=sd) if sd else {}
+    if not sd:
+        return {}
+    adapted = getattr(model, "adapted", None)
+    if adapted is None:
+        return get_peft_model_state_dict(model, state_dict=sd)
+    # two experts: each expert's keys under its component name, as lora_state_dict names them
+    out = {}
+    for e in adapted:
+        mine = {k[len(e) + 1:]: v for k, v in sd.items() if k.startswith(f"{e}.")}
+        out.update({f"{e}.{k}": v for k, v in get_peft_model_state_dict(getattr(model, e), state_dict=mine).items()})
+    return out
 
 
 def full_optimizer_state_dict(model: torch.nn.Module, optimizer) -> dict:
@@ -184,8 +204,18 @@ class _ShardedOptimizer:
         order = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
         by_name = {"state": {order[i]: s for i, s in sd["state"].items()},
                    "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in sd["param_groups"]]}
-        # Every rank read the same full state from disk: each keeps its shard, nothing is broadcast.
-        set_optimizer_state_dict(self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+        # Every rank read the same full state from disk: each keeps its shard, nothing is broadcast. Not strict:
+        # a parameter that has not been stepped yet has no state (with two experts, the one no step has trained
+        # so far), as a plain optimizer's state_dict leaves it out; checkpoint.load already compared the layout.
+        set_optimizer_state_dict(self.model, self.optimizer, by_name,
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
+        # set_optimizer_state_dict first makes state for every parameter with a zero-gradient step; a parameter
+        # without saved state must start from none (AdamW's step count sets its bias correction), as it would
+        # have in the run that wrote the checkpoint
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if names[id(p)] not in by_name["state"]:
+                    self.optimizer.state.pop(p, None)
 
 
 def _unwrap(optimizer):
