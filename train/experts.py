@@ -36,20 +36,6 @@ def trained(spec, cfg) -> tuple[str, ...]:
     return tuple(experts) if cfg.lora.experts == "both" else (CHOICES[cfg.lora.experts],)
 
 
-def check_options(spec, cfg) -> None:
-    """The memory options work on one transformer; refuse them for two experts (naming the key). FSDP works on
-    both (train/parallel.py shards each expert)."""
-    if not getattr(spec, "experts", None):
-        return
-    t = cfg.train
-    for key, on in (("base_storage", t.base_storage != "auto"),
-                    ("offload_blocks", t.offload_blocks != 0), ("compile_blocks", t.compile_blocks != "no")):
-        if on:
-            raise ConfigError(f"config key 'train.{key}': not supported for the two-expert {spec.family} backbone "
-                              f"yet (it applies to one transformer); leave it at its default (DDP, FSDP, "
-                              f"gradient checkpointing and bf16 are supported)")
-
-
 def training_module(spec, comps, cfg) -> torch.nn.Module:
     """What the loop attaches LoRA to and trains: the transformer, or both experts in one module."""
     experts = trained(spec, cfg)

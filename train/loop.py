@@ -250,7 +250,6 @@ def build_model_and_optimizer(cfg: Config, spec, comps, accelerator):
         raise ConfigError(f"config key 'train.offload_blocks': runs in one process only (DDP broadcasts and "
                           f"reduces from the device, where offloaded weights are not); launched with "
                           f"{accelerator.num_processes} processes")
-    experts.check_options(spec, cfg)
     # The transformer, or (Wan2.2-A14B) both experts in one module with a LoRA on each trained one.
     transformer = experts.training_module(spec, comps, cfg)
     targets = cfg.lora.target_modules if cfg.lora.target_modules is not None else list(spec.lora_targets)

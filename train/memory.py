@@ -37,12 +37,16 @@ _GROUP_OFFLOADING = "group_offloading"  # diffusers' hook name (hooks.group_offl
 
 
 def apply(transformer: torch.nn.Module, spec, cfg, device: torch.device, compute_dtype: torch.dtype) -> None:
-    """Apply the configured memory tools to `transformer` (LoRA attached, checkpointing set) in place."""
+    """Apply the configured memory tools to `transformer` (LoRA attached, checkpointing set) in place: the
+    transformer, or each expert of a two-expert training module (models/wan22.Experts)."""
+    from reelora.train.parallel import denoisers
+
     t = cfg.train
     if t.base_storage == "fp8":
         store_base_fp8(transformer, compute_dtype)
     if t.offload_blocks:
-        offload_frozen_blocks(transformer, getattr(transformer, spec.blocks), device, t.offload_blocks)
+        for denoiser in denoisers(transformer):  # an expert that is not run this step keeps all its blocks offloaded
+            offload_frozen_blocks(denoiser, getattr(denoiser, spec.blocks), device, t.offload_blocks)
     else:
         trainable_to(transformer, device)
     if (t.base_storage == "fp8" or t.offload_blocks) and t.gradient_checkpointing:
@@ -51,7 +55,8 @@ def apply(transformer: torch.nn.Module, spec, cfg, device: torch.device, compute
         # same would hold for a cast layer that is the last op of a block). Recompute whole blocks instead.
         transformer.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_whole_block)
     if t.compile_blocks != "no":
-        compile_blocks(transformer, t.compile_blocks)
+        for denoiser in denoisers(transformer):
+            compile_blocks(denoiser, t.compile_blocks)
 
 
 def store_base_fp8(transformer: torch.nn.Module, compute_dtype: torch.dtype) -> None:
@@ -60,7 +65,10 @@ def store_base_fp8(transformer: torch.nn.Module, compute_dtype: torch.dtype) -> 
     diffusers skips its default patterns (norms, embeddings, proj_out), the model's
     `_skip_layerwise_casting_patterns` and peft's adapter layers (lora_A, lora_B, ...).
     """
-    transformer.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute_dtype)
+    from reelora.train.parallel import denoisers
+
+    for denoiser in denoisers(transformer):
+        denoiser.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute_dtype)
     cast = [n for n, p in transformer.named_parameters() if p.requires_grad and p.dtype != torch.float32]
     if cast:  # diffusers' skip list changed: refuse rather than train fp8 LoRA weights
         raise RuntimeError(f"fp8 storage reached trainable LoRA weights ({cast[:3]}); diffusers' skip patterns changed")

@@ -295,3 +295,36 @@ def test_fp8_trains_under_ddp(tmp_path, shards, cache):
     assert len(_losses(out)) == 2
     digests = json.loads((out / "logs" / "replicas.json").read_text())["digests"]
     assert len(digests) == 2 and len(set(digests)) == 1  # both ranks trained the same adapter
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Two experts (Wan2.2-A14B)
+
+
+def test_two_experts_take_every_memory_option_on_each_expert(tmp_path, shards):
+    """fp8 storage, block offloading and compilation apply to both experts (the one a step does not run keeps its
+    blocks offloaded), and a two-step run with fp8 + offloading trains both experts' LoRAs close to the plain run."""
+    a14b = ("model=tiny-wan22-a14b", "train.gradient_checkpointing=true", "train.seed=4", "optim.warmup_steps=0")
+    def build(*options):
+        cfg = tiny_cfg(tmp_path / "unused", shards, None, *a14b, *options)
+        spec, comps = load_backbone(cfg, CPU, cached=False)
+        return build_model_and_optimizer(cfg, spec, comps, CPU)
+
+    model, _, _, params = build("train.base_storage=fp8", "train.offload_blocks=1")
+    blocks = len(model.transformer.blocks)
+    assert len(model.transformer_2.blocks) == blocks
+    one = len(_cast_layers(model.transformer))
+    assert one > 0 and len(_cast_layers(model.transformer_2)) == one
+    assert memory.offloaded_blocks(model.transformer) == memory.offloaded_blocks(model.transformer_2) == blocks
+    assert all(p.dtype == torch.float32 for p in params) and len(params) == sum(
+        1 for n, p in model.named_parameters() if "lora_" in n)
+    model, _, _, _ = build("train.compile_blocks=aot_eager")
+    assert memory.compiled_blocks(model.transformer) == memory.compiled_blocks(model.transformer_2) == blocks
+
+    plain, small = tmp_path / "plain", tmp_path / "small"
+    assert run(tiny_cfg(plain, shards, None, *a14b, *TWO_STEPS)) == 0
+    assert run(tiny_cfg(small, shards, None, *a14b, *TWO_STEPS, "train.base_storage=fp8", "train.offload_blocks=1")) == 0
+    assert _losses(small) == pytest.approx(_losses(plain), rel=FP8_LOSS_RTOL) and _losses(small) != _losses(plain)
+    for name in ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_low_noise.safetensors"):  # both trained
+        sd = load_file(small / "adapter" / name)
+        assert any(float(t.abs().max()) > 0 for k, t in sd.items() if "lora_B" in k), name
