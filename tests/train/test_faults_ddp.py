@@ -96,7 +96,7 @@ def test_ddp_two_processes_identical_replicas_and_exact_resume(tmp_path, shards,
     # 12 steps: the SIGTERM below must land before the last one, and on a loaded 2-core box the launcher has
     # forwarded it 3 steps after the first was logged (CI); tiny steps cost milliseconds.
     args = ("train.max_steps=12", "train.checkpoint_every=2", "optim.schedule=constant", "train.batch_size=1")
-    straight, split = tmp_path / "straight", tmp_path / "split"
+    straight = tmp_path / "straight"
     r = accelerate_ddp(29611, *cfg_args(straight, shards, cache, *args))
     assert r.returncode == 0, r.stderr[-3000:]
     digests = json.loads((straight / "logs" / "replicas.json").read_text())["digests"]
@@ -104,14 +104,9 @@ def test_ddp_two_processes_identical_replicas_and_exact_resume(tmp_path, shards,
     state = json.loads((straight / "checkpoints" / "step-000012" / "state.json").read_text())
     assert state["world_size"] == 2 and state["samples_seen"] == 12 * 2
 
-    r = accelerate_ddp(29612, *cfg_args(split, shards, cache, *args, "train.max_steps=2"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = accelerate_ddp(29613, *cfg_args(split, shards, cache, *args, "train.resume=latest"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert_same(adapter(straight), adapter(split))
-
     # SIGTERM to the launcher (what a scheduler sends): it reaches both ranks, which stop at one step
-    # boundary, write one checkpoint and OUTPUT/stopped.json; the resumed run equals the straight one.
+    # boundary, write one checkpoint and OUTPUT/stopped.json; the resumed run (a new launch from that
+    # checkpoint: the DDP resume) equals the straight one.
     cut = tmp_path / "cut"
     cmd = launch_cmd(29615, str(ROOT / "train.py"), *cfg_args(cut, shards, cache, *args, "train.checkpoint_every=100", "train.max_steps=40"))
     # (constant LR: max_steps changes only where the run ends; 40 leaves the signal time to land mid-run)

@@ -73,13 +73,15 @@ def test_exact_resume_in_a_new_process_as_a_user_runs_it(tmp_path, shards, cache
     assert json.loads((ck / "state.json").read_text())["samples_seen"] == 6 * 2 * 2
 
 
-def test_fresh_run_refuses_existing_checkpoints_and_bad_resume_path(tmp_path, shards, cache):
+def test_fresh_run_refuses_existing_checkpoints_and_bad_resume_path(tmp_path, shards, cache, capsys):
     out = tmp_path / "run"
     assert run(tiny_cfg(out, shards, cache, "train.max_steps=1")) == 0
-    r = train_py(*cfg_args(out, shards, cache, "train.max_steps=2"))
+    r = train_py(*cfg_args(out, shards, cache, "train.max_steps=2"))  # as a user sees it
     assert r.returncode == 1 and "train.resume" in r.stderr and "already holds checkpoints" in r.stderr
-    r = train_py(*cfg_args(tmp_path / "other", shards, cache, f"train.resume={tmp_path}/nope"))
-    assert r.returncode == 1 and "train.resume" in r.stderr and "not a complete checkpoint" in r.stderr
+    capsys.readouterr()
+    assert run(tiny_cfg(tmp_path / "other", shards, cache, f"train.resume={tmp_path}/nope")) == 1
+    err = capsys.readouterr().err
+    assert "train.resume" in err and "not a complete checkpoint" in err
 
 
 def test_checkpoints_are_atomic_and_rotated(tmp_path):
@@ -148,38 +150,38 @@ def test_extending_a_run_continues_exactly(tmp_path, shards, cache):
     3 LRs do not depend on max_steps, so the only thing that can differ is the LR restored for step 4)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     extra = ("train.checkpoint_every=0", "train.max_steps=6")
-    assert train_py(*cfg_args(straight, shards, cache, *extra)).returncode == 0
-    assert train_py(*cfg_args(split, shards, cache, *extra, "train.max_steps=3")).returncode == 0
-    r = train_py(*cfg_args(split, shards, cache, *extra, "train.resume=latest"))
-    assert r.returncode == 0, r.stderr[-3000:]
+    # in this process (a new process's resume: test_exact_resume_in_a_new_process_as_a_user_runs_it)
+    assert run(tiny_cfg(straight, shards, cache, *extra)) == 0
+    assert run(tiny_cfg(split, shards, cache, *extra, "train.max_steps=3")) == 0
+    assert run(tiny_cfg(split, shards, cache, *extra, "train.resume=latest")) == 0
     by_step = {m["step"]: (m["train/loss"], m["train/lr"]) for m in metrics(straight)}
     resumed = {m["step"]: (m["train/loss"], m["train/lr"]) for m in metrics(split) if m["step"] > 3}
     assert resumed == {s: by_step[s] for s in (4, 5, 6)}
     assert_same_tensors(adapter(straight), adapter(split))
 
 
-def test_two_trainers_on_one_output_dir(tmp_path, shards, cache):
+def test_two_trainers_on_one_output_dir(tmp_path, shards, cache, capsys):
     from tests.reelora.test_lock import _holder
 
     out = tmp_path / "run"
-    p = _holder(out)
+    p = _holder(out)  # another process holds the folder's lock
     try:
-        r = train_py(*cfg_args(out, shards, cache, "train.max_steps=1"))
+        code = run(tiny_cfg(out, shards, cache, "train.max_steps=1"))
     finally:
         p.kill()
         p.wait()
-    assert r.returncode == 1
-    assert "train.output_dir" in r.stderr and f"pid {p.pid}" in r.stderr
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "train.output_dir" in err and f"pid {p.pid}" in err
     assert not (out / "checkpoints").exists()
-    r = train_py(*cfg_args(out, shards, cache, "train.max_steps=1"))
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert run(tiny_cfg(out, shards, cache, "train.max_steps=1")) == 0  # the kernel released the dead holder's lock
 
 
 def test_resume_names_changed_keys_refuses_model_changes_and_keeps_one_record_per_step(tmp_path, shards, cache,
                                                                                          capsys):
     out = tmp_path / "run"
     args = cfg_args(out, shards, cache, "train.checkpoint_every=2", "train.max_steps=2")
-    assert train_py(*args).returncode == 0
+    assert run(tiny_cfg(out, shards, cache, "train.checkpoint_every=2", "train.max_steps=2")) == 0
     # a run that went on past its last checkpoint before dying left records for steps 3-4 (and a torn line)
     with open(out / "logs" / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "train/loss": 9.0}\n{"step": 4, "train/loss": 9.0}\n{"step": 5, "trai')
@@ -198,11 +200,14 @@ def test_resume_names_changed_keys_refuses_model_changes_and_keeps_one_record_pe
     copy = tmp_path / "copy"
     __import__("shutil").copytree(out, copy)
     (copy / ".reelora.lock").unlink(missing_ok=True)
-    r = train_py(*cfg_args(copy, shards, cache, "train.checkpoint_every=2", "train.max_steps=3", "train.resume=latest"))
-    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr[-2000:]
-    r = train_py(*args, "train.resume=latest", "train.max_steps=4", "train.seed=5", "train.batch_size=1")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "train.seed (0 -> 5)" in r.stderr and "train.batch_size (2 -> 1)" in r.stderr
+    capsys.readouterr()
+    assert run(tiny_cfg(copy, shards, cache, "train.checkpoint_every=2", "train.max_steps=3", "train.resume=latest")) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err, err[-2000:]
+    assert run(tiny_cfg(out, shards, cache, "train.checkpoint_every=2", "train.resume=latest", "train.max_steps=4",
+                        "train.seed=5", "train.batch_size=1")) == 0
+    err = capsys.readouterr().err
+    assert "train.seed (0 -> 5)" in err and "train.batch_size (2 -> 1)" in err, err[-2000:]
     assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]
     assert all(m["train/loss"] != 9.0 for m in metrics(out))
 
