@@ -14,11 +14,9 @@ import math
 
 import torch
 
+from reelora.models.wan22 import EXPERTS
 from reelora.train.batches import mix_seed
 from reelora.train.config import ConfigError
-
-CHOICES = {"high": "transformer", "low": "transformer_2"}
-"""`lora.experts` -> the component it trains (the same map as models/wan22.EXPERTS)."""
 
 
 def trained(spec, cfg) -> tuple[str, ...]:
@@ -33,7 +31,7 @@ def trained(spec, cfg) -> tuple[str, ...]:
             raise ConfigError(f"config key 'lora.experts': {cfg.lora.experts!r} needs a two-expert backbone "
                               f"(Wan2.2-T2V-A14B); {cfg.model} ({spec.family}) has one transformer")
         return ()
-    return tuple(experts) if cfg.lora.experts == "both" else (CHOICES[cfg.lora.experts],)
+    return tuple(experts) if cfg.lora.experts == "both" else (EXPERTS[cfg.lora.experts],)
 
 
 def training_module(spec, comps, cfg) -> torch.nn.Module:
